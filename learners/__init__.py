@@ -1,0 +1,35 @@
+"""The ML domain of livelearn: model specs, learners, snapshots and sanitization.
+
+No network I/O happens here; ``stream`` drives these objects from Kafka and Redis.
+"""
+
+from __future__ import annotations
+
+from learners._errors import (
+    LearnersError,
+    SnapshotError,
+    SnapshotIncompatible,
+    SnapshotRefused,
+    SpecError,
+)
+from learners.learner import Learner
+from learners.sanitize import Sanitizer
+from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
+from learners.spec import CheckpointPolicy, ModelSpec, RiverRef, SanitizeRule, Task
+
+__all__ = [
+    "SNAPSHOT_FORMAT",
+    "CheckpointPolicy",
+    "Learner",
+    "LearnersError",
+    "ModelSpec",
+    "RiverRef",
+    "SanitizeRule",
+    "Sanitizer",
+    "SnapshotCodec",
+    "SnapshotError",
+    "SnapshotIncompatible",
+    "SnapshotRefused",
+    "SpecError",
+    "Task",
+]

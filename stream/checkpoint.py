@@ -1,0 +1,204 @@
+"""The checkpoint store: shard snapshots with the offsets they cover, in Redis.
+
+One hash per (model, topic, partition) holds the signed snapshot, the next
+offset to read, the owner's epoch, the counts and metrics, the time and the
+size. A write runs as one Lua script that first checks the writer's fencing
+epoch, so a zombie worker cannot overwrite the new owner's state, and then
+announces the new version on the model's channel.
+
+Keys, under ``key_prefix`` (default ``livelearn``)::
+
+    {prefix}:models                              set of model names
+    {prefix}:model:{model}:shards                set of "topic/partition"
+    {prefix}:shard:{model}:{topic}:{partition}   hash (blob, next_offset, epoch, …)
+    {prefix}:epoch:{model}:{topic}:{partition}   fencing epoch (INCR on claim)
+    {prefix}:updates:{model}                     pub/sub channel
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from stream._errors import StaleEpochError
+
+
+@dataclass(frozen=True, order=True)
+class ShardId:
+    """One model's state for one topic-partition."""
+
+    model: str
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.topic}/{self.partition}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the store holds for a shard; ``blob`` is the signed snapshot."""
+
+    shard: ShardId
+    blob: bytes
+    next_offset: int
+    epoch: int
+    stats: dict[str, Any]
+    updated_at: float
+    size: int
+    version: int
+
+
+class CheckpointStore(Protocol):
+    """Where shards are checkpointed; the worker needs only this."""
+
+    def claim(self, shard: ShardId) -> tuple[int, Checkpoint | None]:
+        """Take ownership: bump the shard's epoch; return it with the last checkpoint."""
+        ...
+
+    def save(
+        self, shard: ShardId, epoch: int, blob: bytes, next_offset: int, stats: dict[str, Any]
+    ) -> int:
+        """Write a checkpoint if ``epoch`` is still current; return its version."""
+        ...
+
+    def load(self, shard: ShardId) -> Checkpoint | None:
+        """The shard's last checkpoint, if any."""
+        ...
+
+
+# KEYS: epoch, shard hash, model shard set, model set
+# ARGV: epoch, blob, next_offset, stats, updated_at, member, model, channel, message prefix
+_SAVE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return {-1, current or ''}
+end
+redis.call('HSET', KEYS[2], 'blob', ARGV[2], 'next_offset', ARGV[3], 'epoch', ARGV[1],
+           'stats', ARGV[4], 'updated_at', ARGV[5], 'size', string.len(ARGV[2]))
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('SADD', KEYS[3], ARGV[6])
+redis.call('SADD', KEYS[4], ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. ',"version":' .. version .. '}')
+return {version, current}
+"""
+
+
+class RedisCheckpointStore:
+    """``CheckpointStore`` over a real Redis server."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "livelearn") -> None:
+        self._r = client
+        self._prefix = prefix
+        self._save = client.register_script(_SAVE_LUA)
+
+    def _shard_key(self, shard: ShardId) -> str:
+        return f"{self._prefix}:shard:{shard.model}:{shard.topic}:{shard.partition}"
+
+    def _epoch_key(self, shard: ShardId) -> str:
+        return f"{self._prefix}:epoch:{shard.model}:{shard.topic}:{shard.partition}"
+
+    def channel(self, model: str) -> str:
+        """The pub/sub channel announcing the model's new checkpoints."""
+        return f"{self._prefix}:updates:{model}"
+
+    def claim(self, shard: ShardId) -> tuple[int, Checkpoint | None]:
+        """Take ownership: bump the shard's epoch; return it with the last checkpoint."""
+        epoch = int(self._r.incr(self._epoch_key(shard)))
+        return epoch, self.load(shard)
+
+    def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(self._r.ping())
+
+    def current_epoch(self, shard: ShardId) -> int | None:
+        """The epoch of the shard's present owner."""
+        raw = self._r.get(self._epoch_key(shard))
+        return None if raw is None else int(raw)
+
+    def save(
+        self, shard: ShardId, epoch: int, blob: bytes, next_offset: int, stats: dict[str, Any]
+    ) -> int:
+        """Write a checkpoint if ``epoch`` is still current; return its version.
+
+        Raises
+        ------
+        StaleEpochError
+            When another worker claimed the shard since this one did.
+        """
+        message = json.dumps(
+            {"topic": shard.topic, "partition": shard.partition, "next_offset": next_offset}
+        )[:-1]
+        result = self._save(
+            keys=[
+                self._epoch_key(shard),
+                self._shard_key(shard),
+                f"{self._prefix}:model:{shard.model}:shards",
+                f"{self._prefix}:models",
+            ],
+            args=[
+                str(epoch),
+                blob,
+                next_offset,
+                json.dumps(stats, separators=(",", ":")),
+                repr(time.time()),
+                f"{shard.topic}/{shard.partition}",
+                shard.model,
+                self.channel(shard.model),
+                message,
+            ],
+        )
+        version, current = int(result[0]), result[1]
+        if version < 0:
+            raise StaleEpochError(str(shard), epoch, int(current) if current else None)
+        return version
+
+    def load(self, shard: ShardId) -> Checkpoint | None:
+        """The shard's last checkpoint, if any."""
+        raw: dict[bytes, bytes] = self._r.hgetall(self._shard_key(shard))  # type: ignore[assignment]
+        if not raw:
+            return None
+        return Checkpoint(
+            shard=shard,
+            blob=raw[b"blob"],
+            next_offset=int(raw[b"next_offset"]),
+            epoch=int(raw[b"epoch"]),
+            stats=json.loads(raw[b"stats"]),
+            updated_at=float(raw[b"updated_at"]),
+            size=int(raw[b"size"]),
+            version=int(raw[b"version"]),
+        )
+
+    def describe(self, shard: ShardId) -> dict[str, Any] | None:
+        """The shard's checkpoint without its blob (nothing is unpickled)."""
+        fields = ["next_offset", "epoch", "stats", "updated_at", "size", "version"]
+        values: list[bytes | None] = self._r.hmget(self._shard_key(shard), fields)  # type: ignore[assignment]
+        if values[0] is None:
+            return None
+        row = dict(zip(fields, values, strict=True))
+        return {
+            "next_offset": int(row["next_offset"] or 0),
+            "epoch": int(row["epoch"] or 0),
+            "stats": json.loads(row["stats"] or b"{}"),
+            "updated_at": float(row["updated_at"] or 0.0),
+            "size": int(row["size"] or 0),
+            "version": int(row["version"] or 0),
+        }
+
+    def models(self) -> list[str]:
+        """Names of the models that have checkpoints."""
+        return sorted(m.decode() for m in self._r.smembers(f"{self._prefix}:models"))  # type: ignore[union-attr]
+
+    def shards(self, model: str) -> list[ShardId]:
+        """The model's checkpointed shards, in topic and partition order."""
+        members = self._r.smembers(f"{self._prefix}:model:{model}:shards")
+        out = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            topic, _, partition = text.rpartition("/")
+            out.append(ShardId(model, topic, int(partition)))
+        return sorted(out)

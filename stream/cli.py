@@ -1,0 +1,286 @@
+"""The ``livelearn`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from stream._errors import StreamError
+from stream._logging import setup_logging
+from stream.settings import Settings, load_settings
+
+log = logging.getLogger("livelearn")
+
+STACK_DIR = Path(os.environ.get("LIVELEARN_STACK_DIR", ".stack"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``livelearn`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StreamError as exc:
+        print(f"livelearn: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # learners.SpecError and friends from settings
+        print(f"livelearn: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livelearn", description=__doc__)
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="settings file (default: config/livelearn.yaml, or $LIVELEARN_CONFIG)",
+    )
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", help="join the consumer group and learn from the models' topics")
+    w.set_defaults(func=_cmd_worker)
+
+    d = sub.add_parser(
+        "demo",
+        help="start a local stack if none is configured, stream the Phishing data set "
+        "into a topic and learn from it live",
+    )
+    d.add_argument("--model", default="phishing", help="model spec to run (default: phishing)")
+    d.add_argument("--dataset", default="phishing", help="River data set to stream")
+    d.add_argument("--rate", type=float, default=250.0, help="events a second (default 250)")
+    d.add_argument("--partitions", type=int, default=1, help="partitions of a new topic")
+    d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("stack", help="the local Kafka + Redis stack (no Docker)")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.set_defaults(func=_cmd_stack)
+
+    m = sub.add_parser("models", help="inspect checkpointed models in Redis")
+    msub = m.add_subparsers(required=True, metavar="ACTION")
+    ml = msub.add_parser("list", help="models with checkpoints")
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=_cmd_models_list)
+    ms = msub.add_parser("show", help="a model's shards: offsets, counts, metrics, drift")
+    ms.add_argument("name")
+    ms.add_argument("--json", action="store_true")
+    ms.set_defaults(func=_cmd_models_show)
+
+    pr = sub.add_parser("produce", help="stream a bundled River data set into a topic")
+    pr.add_argument("topic")
+    pr.add_argument("--dataset", default="phishing")
+    pr.add_argument("--rate", type=float, default=None, help="events a second (default: unlimited)")
+    pr.add_argument("--limit", type=int, default=None)
+    pr.set_defaults(func=_cmd_produce)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    setup_logging(settings.log)
+    return settings
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from stream.app import build_worker
+
+    settings = _settings(args)
+    build_worker(settings).run()
+    return 0
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from stream import stack
+
+    if args.action == "up":
+        info = stack.up(STACK_DIR)
+        print("\n".join(info.env_lines()))
+    elif args.action == "down":
+        stopped = stack.down(STACK_DIR)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        status = stack.status(STACK_DIR)
+        if status is None:
+            print("not running", file=sys.stderr)
+            return 1
+        print("\n".join(status.env_lines()))
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from stream.app import connect_redis
+    from stream.checkpoint import RedisCheckpointStore
+
+    settings = load_settings(args.config)
+    return RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from stream.inspect_models import describe_model
+
+    store = _store(args)
+    rows = [describe_model(store, m) for m in store.models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(
+                f"{row['model']}: {len(row['shards'])} shard(s), "
+                f"{row['events_learned']} learned, {row['events_scored']} scored"
+            )
+    return 0
+
+
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    from stream.inspect_models import describe_model, format_model
+
+    desc = describe_model(_store(args), args.name)
+    if not desc["shards"]:
+        print(f"livelearn: no checkpoints for model {args.name!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(desc, indent=2) if args.json else format_model(desc))
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from stream.produce import dataset_events, produce_events
+
+    settings = load_settings(args.config)
+    bootstrap, _ = settings.require_services()
+    sent = produce_events(
+        bootstrap, args.topic, dataset_events(args.dataset), rate=args.rate, limit=args.limit
+    )
+    print(f"sent {sent} events to {args.topic}")
+    return 0
+
+
+def _with_local_services(args: argparse.Namespace) -> Settings:
+    """Settings, starting the local stack and dev keys when none are configured."""
+    settings = load_settings(args.config)
+    if not settings.kafka.bootstrap_servers or not settings.redis.url:
+        from stream import stack
+
+        print("no Kafka/Redis configured: starting the local stack (livelearn stack up)")
+        info = stack.up(STACK_DIR)
+        os.environ.setdefault("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS", info.bootstrap_servers)
+        os.environ.setdefault("LIVELEARN_REDIS__URL", info.redis_url)
+    if settings.security.snapshot_key is None or settings.security.hash_key is None:
+        for name, value in _dev_keys().items():
+            os.environ.setdefault(name, value)
+        print(f"using development keys from {STACK_DIR / 'dev-keys.json'} (set the real ones!)")
+    return load_settings(args.config)
+
+
+def _dev_keys() -> dict[str, str]:
+    """Random signing and hashing keys kept in the stack folder, for the demo only."""
+    path = STACK_DIR / "dev-keys.json"
+    if path.is_file():
+        keys: dict[str, str] = json.loads(path.read_text())
+        return keys
+    keys = {
+        "LIVELEARN_SECURITY__SNAPSHOT_KEY": secrets.token_hex(32),
+        "LIVELEARN_SECURITY__HASH_KEY": secrets.token_hex(32),
+    }
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(keys))
+    return keys
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream.app import build_worker, ensure_topics
+    from stream.inspect_models import describe_model, format_model
+    from stream.produce import dataset_events, produce_events
+    from stream.worker import ShardProgress, summarize
+
+    settings = _with_local_services(args)
+    settings = settings.model_copy(
+        update={"log": settings.log.model_copy(update={"progress_seconds": 1.0})}
+    )
+    setup_logging(settings.log)
+    spec = settings.model(args.model)
+    settings = settings.model_copy(update={"models": [spec]})
+    bootstrap, _ = settings.require_services()
+    topic = spec.topics[0]
+    if ensure_topics(bootstrap, {topic: args.partitions}):
+        print(f"created topic {topic} with {args.partitions} partition(s)")
+
+    produced = threading.Event()
+    sent = [0]
+
+    def producer() -> None:
+        def count(n: int) -> None:
+            sent[0] = n
+
+        produce_events(
+            bootstrap, topic, dataset_events(args.dataset), rate=args.rate, on_sent=count
+        )
+        produced.set()
+
+    started = time.monotonic()
+    primary = spec.metrics[0]
+
+    def show(progress: list[ShardProgress], rate: float) -> None:
+        row = summarize(progress).get(spec.name)
+        if row is None:
+            print(f"  waiting for partitions… ({sent[0]} events produced)")
+            return
+        cum = row["metrics"].get(primary)
+        roll = row["rolling_metrics"].get(primary)
+        print(
+            f"  {time.monotonic() - started:5.1f}s  produced {sent[0]:>6}  learned "
+            f"{row['events_learned']:>6}  {rate:7.0f} ev/s  {primary} {_fmt(cum)} "
+            f"(rolling {_fmt(roll)})"
+        )
+
+    proc = build_worker(settings, on_progress=show)
+    if proc.http is not None:
+        print(f"metrics: http://{settings.http.host}:{proc.http.port}/metrics")
+    print(f"streaming the {args.dataset} data set into {topic} at {args.rate:g} events/s")
+    threading.Thread(target=producer, name="demo-producer", daemon=True).start()
+
+    def stop_when_caught_up() -> None:
+        produced.wait()
+        probe = KafkaConsumer(bootstrap_servers=bootstrap)
+        try:
+            tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or []]
+            ends = probe.end_offsets(tps)
+        finally:
+            probe.close()
+        while not proc.worker.stopping:
+            done = {
+                (p.shard.topic, p.shard.partition): p.next_offset for p in proc.worker.progress()
+            }
+            if all(done.get((tp.topic, tp.partition), -1) >= end for tp, end in ends.items()):
+                proc.worker.stop()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=stop_when_caught_up, name="demo-watch", daemon=True).start()
+    proc.run()
+    print()
+    from stream.app import connect_redis
+    from stream.checkpoint import RedisCheckpointStore
+
+    store = RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
+    print(format_model(describe_model(store, spec.name)))
+    print("\nstate is in Redis; see it again with: livelearn models show", spec.name)
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``livelearn models list|show``: shard state read from Redis, nothing unpickled."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stream.checkpoint import RedisCheckpointStore
+
+
+def describe_model(store: RedisCheckpointStore, model: str) -> dict[str, Any]:
+    """A model's shards as JSON-ready rows (the README documents the keys)."""
+    now = time.time()
+    shards = []
+    for shard in store.shards(model):
+        row = store.describe(shard)
+        if row is None:
+            continue
+        stats = row["stats"]
+        shards.append(
+            {
+                "topic": shard.topic,
+                "partition": shard.partition,
+                "next_offset": row["next_offset"],
+                "events_learned": stats.get("events_learned", 0),
+                "events_scored": stats.get("events_scored", 0),
+                "metrics": stats.get("metrics", {}),
+                "rolling_metrics": stats.get("rolling_metrics", {}),
+                "drift_detections": stats.get("drift_detections", 0),
+                "drift_offsets": stats.get("drift_offsets", []),
+                "epoch": row["epoch"],
+                "version": row["version"],
+                "snapshot_bytes": row["size"],
+                "updated_at": row["updated_at"],
+                "age_seconds": round(now - row["updated_at"], 3),
+            }
+        )
+    return {
+        "model": model,
+        "events_learned": sum(s["events_learned"] for s in shards),
+        "events_scored": sum(s["events_scored"] for s in shards),
+        "shards": shards,
+    }
+
+
+def format_model(desc: dict[str, Any]) -> str:
+    """A model's description as an aligned table."""
+    head = (
+        f"model {desc['model']}: {desc['events_learned']} events learned, "
+        f"{desc['events_scored']} scored, {len(desc['shards'])} shard(s)"
+    )
+    cols = ["topic", "part", "next_offset", "learned", "scored", "drift", "epoch", "bytes", "age_s"]
+    rows = [cols]
+    metric_lines = []
+    for s in desc["shards"]:
+        rows.append(
+            [
+                s["topic"],
+                str(s["partition"]),
+                str(s["next_offset"]),
+                str(s["events_learned"]),
+                str(s["events_scored"]),
+                str(s["drift_detections"]),
+                str(s["epoch"]),
+                str(s["snapshot_bytes"]),
+                f"{s['age_seconds']:.1f}",
+            ]
+        )
+        metrics = ", ".join(
+            f"{k}={_num(v)} (rolling {_num(s['rolling_metrics'].get(k))})"
+            for k, v in s["metrics"].items()
+        )
+        metric_lines.append(f"  {s['topic']}/{s['partition']}: {metrics}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    table = ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([head, *table, "metrics:", *metric_lines])
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"

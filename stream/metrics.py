@@ -1,0 +1,100 @@
+"""The worker's Prometheus metrics, all in one registry of their own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1)
+_CHECKPOINT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class WorkerMetrics:
+    """Counters and gauges a worker exports; pass a fresh registry in tests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "livelearn_events_total",
+            "Events handled by a model shard, by outcome (learned: had a label; scored: no label).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "livelearn_dead_letters_total",
+            "Events sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.learn_seconds = Histogram(
+            "livelearn_learn_seconds",
+            "Time to predict, score and learn one event (sampled 1 in 16).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "livelearn_consumer_lag_events",
+            "Events between the worker's position and the partition's end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_metric = Gauge(
+            "livelearn_model_metric",
+            "A model shard's quality metric, cumulative or over the rolling window.",
+            ["model", "topic", "partition", "metric", "window"],
+            registry=r,
+        )
+        self.drift = Counter(
+            "livelearn_drift_detections_total",
+            "Drift detections on a shard's error stream.",
+            ["model", "topic", "partition"],
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "livelearn_checkpoint_seconds",
+            "Time to snapshot, sign and write one shard's checkpoint.",
+            ["model"],
+            buckets=_CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "livelearn_checkpoints_total",
+            "Checkpoints written, by what triggered them.",
+            ["model", "trigger"],
+            registry=r,
+        )
+        self.checkpoint_size = Gauge(
+            "livelearn_checkpoint_size_bytes",
+            "Size of a shard's last snapshot.",
+            ["model", "topic", "partition"],
+            registry=r,
+        )
+        self.checkpoint_time = Gauge(
+            "livelearn_checkpoint_timestamp_seconds",
+            "Unix time of a shard's last checkpoint (age = time() - this).",
+            ["model", "topic", "partition"],
+            registry=r,
+        )
+        self.snapshots_refused = Counter(
+            "livelearn_snapshots_refused_total",
+            "Snapshots refused on restore because their signature did not verify.",
+            ["model"],
+            registry=r,
+        )
+        self.stale_epochs = Counter(
+            "livelearn_stale_epoch_total",
+            "Checkpoint writes refused because another worker owns the shard.",
+            ["model"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "livelearn_assigned_partitions",
+            "Partitions assigned to this worker.",
+            registry=r,
+        )
+        self.last_poll = Gauge(
+            "livelearn_last_poll_timestamp_seconds",
+            "Unix time the worker loop last polled Kafka.",
+            registry=r,
+        )

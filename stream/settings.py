@@ -1,0 +1,211 @@
+"""Settings: a YAML file overridden by ``LIVELEARN_…`` environment variables.
+
+Nested settings are reached with ``__``: ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS``,
+``LIVELEARN_SECURITY__SNAPSHOT_KEY``. Secrets are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from learners import ModelSpec
+from stream._errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/livelearn.yaml")
+ENV_PREFIX = "LIVELEARN_"
+
+AutoOffsetReset = Literal["earliest", "latest"]
+LogFormat = Literal["auto", "json", "text"]
+
+_SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password"})
+
+_config_path: ContextVar[Path | None] = ContextVar("livelearn_config_path", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = None
+    group_id: str = "livelearn"
+    client_id: str = "livelearn-worker"
+    auto_offset_reset: AutoOffsetReset = "earliest"
+    dlq_suffix: str = ".dlq"
+    # A short session lets a crashed worker's partitions move on within seconds;
+    # heartbeats run on their own thread, so long learn batches do not trip it.
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # Must exceed the time to learn one poll batch plus a checkpoint of every shard.
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    max_poll_records: int = Field(500, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1)
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+    password: SecretStr | None = None
+    key_prefix: str = Field("livelearn", pattern=r"^[A-Za-z0-9_.-]+$")
+    socket_timeout_s: float = Field(5.0, gt=0)
+
+
+class SecuritySettings(_Section):
+    snapshot_key: SecretStr | None = None
+    hash_key: SecretStr | None = None
+
+
+class EventSettings(_Section):
+    id_field: str = "id"
+    ts_field: str = "ts"
+    key_field: str = "key"
+    features_field: str = "features"
+    max_bytes: int = Field(65_536, ge=64)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=0, le=65_535)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: LogFormat = "auto"
+    progress_seconds: float = Field(10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a livelearn process reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    security: SecuritySettings = SecuritySettings()
+    events: EventSettings = EventSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    models: list[ModelSpec] = []
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Settings:
+        seen: set[str] = set()
+        for i, spec in enumerate(self.models):
+            if spec.name in seen:
+                raise ValueError(f"models[{i}].name {spec.name!r} is used twice; names are unique")
+            seen.add(spec.name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def model(self, name: str) -> ModelSpec:
+        """The spec named ``name``; ConfigError when there is none."""
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.models) or "none"
+        raise ConfigError(f"no model named {name!r} in settings (models: {known})")
+
+    def require_services(self) -> tuple[str, str]:
+        """Kafka bootstrap servers and Redis URL, or ConfigError naming the setting."""
+        if not self.kafka.bootstrap_servers:
+            raise ConfigError(
+                "kafka.bootstrap_servers is not set: set it in the config file or "
+                "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS (or start a local stack: livelearn stack up)"
+            )
+        if not self.redis.url:
+            raise ConfigError(
+                "redis.url is not set: set it in the config file or LIVELEARN_REDIS__URL "
+                "(or start a local stack: livelearn stack up)"
+            )
+        return self.kafka.bootstrap_servers, self.redis.url
+
+    def require_secret(self, name: Literal["snapshot_key", "hash_key"]) -> bytes:
+        """A security key's bytes, or ConfigError naming the setting."""
+        secret: SecretStr | None = getattr(self.security, name)
+        value = secret.get_secret_value() if secret is not None else ""
+        if len(value) < 16:
+            raise ConfigError(
+                f"security.{name} is {'too short' if value else 'not set'}: set "
+                f"LIVELEARN_SECURITY__{name.upper()} to a random string of at least 16 characters "
+                "(e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        return value.encode()
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (default ``config/livelearn.yaml``) and the environment.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or a setting is invalid; the message names each
+        bad setting with its value and what is allowed.
+    """
+    chosen = path if path is not None else Path(os.environ.get("LIVELEARN_CONFIG", DEFAULT_CONFIG))
+    if not chosen.is_file():
+        if path is not None or chosen != DEFAULT_CONFIG:
+            raise ConfigError(f"config file {str(chosen)!r} does not exist: pass --config PATH")
+        chosen_or_none: Path | None = None
+    else:
+        chosen_or_none = chosen
+    token = _config_path.set(chosen_or_none)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, chosen_or_none)) from None
+    finally:
+        _config_path.reset(token)
+
+
+def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    """One line per bad setting: where it is, the value, and what was wrong."""
+    where = f" in {path}" if path is not None else ""
+    lines = [f"invalid settings{where}:"]
+    for err in exc.errors(include_url=False):
+        loc = _format_loc(err.get("loc", ()))
+        value = err.get("input")
+        secret = any(part in _SECRET_FIELDS for part in err.get("loc", ()))
+        shown = "" if isinstance(value, dict) or secret else f" (value: {value!r})"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        env = ENV_PREFIX + "__".join(str(p) for p in err.get("loc", ()) if isinstance(p, str))
+        lines.append(f"  {loc}{shown}: {msg} [env override: {env.upper()}]")
+    return "\n".join(lines)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(settings)"

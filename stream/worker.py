@@ -1,0 +1,554 @@
+"""The learning worker: Kafka records → decode → sanitize → learner shards → checkpoints.
+
+A shard is one model's state for one topic-partition (DESIGN.md). On assignment
+the worker claims each shard (bumping its fencing epoch), restores its last
+checkpoint and seeks to the offset it covers; it checkpoints every N events,
+every T seconds, on revoke and on shutdown, and commits Kafka offsets after.
+Because model state and offsets are written together, after a crash at any
+point every event's effect is in the model exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from learners import Learner, ModelSpec, Sanitizer, SnapshotCodec, SnapshotError
+from stream._errors import InvalidEvent, StaleEpochError
+from stream.checkpoint import CheckpointStore, ShardId
+from stream.decode import EventDecoder
+from stream.dlq import DeadLetterSink
+from stream.metrics import WorkerMetrics
+from stream.settings import Settings
+
+log = logging.getLogger("livelearn.worker")
+
+Trigger = Literal["events", "time", "revoke", "shutdown"]
+
+# One learn in this many is timed for the latency histogram: timing every event
+# would add ~1 µs to a 16 µs linear-model update.
+_LATENCY_SAMPLE = 16
+
+
+class Consumer(Protocol):
+    """The part of kafka-python's ``KafkaConsumer`` the worker uses."""
+
+    def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None: ...
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None: ...
+    def seek_to_end(self, *partitions: TopicPartition) -> None: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None: ...
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Shard:
+    """One model's learner for one topic-partition, and its checkpoint bookkeeping."""
+
+    id: ShardId
+    spec: ModelSpec
+    learner: Learner
+    sanitizer: Sanitizer
+    epoch: int
+    next_offset: int
+    pending: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    reported_learned: int = 0
+    reported_scored: int = 0
+    reported_drift: int = 0
+
+
+@dataclass
+class Partition:
+    """An assigned topic-partition: its decoder, live shards and refused ones."""
+
+    tp: TopicPartition
+    decoder: EventDecoder
+    shards: list[Shard]
+    # Shards whose snapshot was refused: not learned, their stored offset kept.
+    held: dict[ShardId, int] = field(default_factory=dict)
+
+    def commit_offset(self) -> int | None:
+        """The offset every shard of this partition has covered."""
+        offsets = [s.next_offset for s in self.shards] + list(self.held.values())
+        return min(offsets) if offsets else None
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """A shard's counts, for progress lines and the demo."""
+
+    shard: ShardId
+    next_offset: int
+    events_learned: int
+    events_scored: int
+    metrics: dict[str, float | None]
+    rolling_metrics: dict[str, float | None]
+
+
+class Worker:
+    """Runs the test-then-train loop for every model subscribed to the assigned partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        store: CheckpointStore,
+        dlq: DeadLetterSink,
+        codec: SnapshotCodec,
+        hash_key: bytes,
+        metrics: WorkerMetrics,
+        *,
+        on_progress: Callable[[list[ShardProgress], float], None] | None = None,
+    ) -> None:
+        if not settings.models:
+            raise ValueError("no models configured: add at least one entry under 'models'")
+        self._settings = settings
+        self._consumer = consumer
+        self._store = store
+        self._dlq = dlq
+        self._codec = codec
+        self._metrics = metrics
+        self._on_progress = on_progress
+        self._specs_by_topic = topic_specs(settings.models)
+        self._sanitizers = {s.name: Sanitizer(s.sanitize, hash_key) for s in settings.models}
+        self._decoders = {
+            topic: EventDecoder(settings.events, [s.label for s in specs])
+            for topic, specs in self._specs_by_topic.items()
+        }
+        self._partitions: dict[TopicPartition, Partition] = {}
+        self._stop = threading.Event()
+        self._last_loop = time.monotonic()
+        self._last_poll_ok = 0.0
+        self._dead_letters_pending = False
+        self._sample = 0
+
+    # -- public surface ---------------------------------------------------------------
+
+    @property
+    def topics(self) -> list[str]:
+        """Topics the worker subscribes to."""
+        return sorted(self._specs_by_topic)
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the loop to finish: it checkpoints every shard and returns."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until ``stop()``; then checkpoint every shard, commit and close."""
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        log.info("worker subscribed", extra={"fields": {"topics": self.topics}})
+        progress_every = self._settings.log.progress_seconds
+        next_progress = time.monotonic() + progress_every
+        learned_at_last = 0
+        poll_ms = self._settings.kafka.poll_timeout_ms
+        try:
+            while not self._stop.is_set():
+                batches = self._consumer.poll(timeout_ms=poll_ms)
+                now = time.monotonic()
+                self._last_loop = now
+                self._last_poll_ok = time.time()
+                self._metrics.last_poll.set(self._last_poll_ok)
+                for tp, records in batches.items():
+                    part = self._partitions.get(tp)
+                    if part is not None and records:
+                        self._handle(part, records)
+                        self._update_lag(part)
+                self._checkpoint_due(time.monotonic())
+                if now >= next_progress:
+                    learned_at_last = self._report_progress(learned_at_last, progress_every)
+                    next_progress = now + progress_every
+        finally:
+            self._shutdown()
+
+    def progress(self) -> list[ShardProgress]:
+        """Counts and metrics of every live shard."""
+        out = []
+        for part in list(self._partitions.values()):
+            for shard in list(part.shards):
+                stats = shard.learner.stats()
+                out.append(
+                    ShardProgress(
+                        shard.id,
+                        shard.next_offset,
+                        stats["events_learned"],
+                        stats["events_scored"],
+                        stats["metrics"],
+                        stats["rolling_metrics"],
+                    )
+                )
+        return out
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Alive when the loop turned recently; for /healthz."""
+        age = time.monotonic() - self._last_loop
+        limit = max(30.0, 2 * self._settings.kafka.max_poll_interval_ms / 1000 / 10)
+        return age < limit, {"loop_age_s": round(age, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready when Kafka polls succeed, Redis answers, partitions are assigned and
+        every shard's snapshot was accepted."""
+        poll_age = time.time() - self._last_poll_ok
+        kafka_ok = poll_age < max(10.0, 5 * self._settings.kafka.poll_timeout_ms / 1000)
+        redis_ok = _ping(self._store)
+        held = [str(s) for p in self._partitions.values() for s in p.held]
+        assigned = [f"{tp.topic}/{tp.partition}" for tp in self._partitions]
+        # A refused snapshot leaves a partition unlearned until someone acts: not ready.
+        ok = kafka_ok and redis_ok and bool(assigned) and not held
+        return ok, {
+            "kafka": kafka_ok,
+            "redis": redis_ok,
+            "assigned": assigned,
+            "refused_shards": held,
+        }
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def _handle(self, part: Partition, records: list[Any]) -> None:
+        decode = part.decoder.decode
+        shards = part.shards
+        for rec in records:
+            offset: int = rec.offset
+            try:
+                event = decode(rec.value)
+            except InvalidEvent as exc:
+                self._dead_letter(part, rec, exc)
+                for shard in shards:
+                    if shard.next_offset <= offset:
+                        shard.next_offset = offset + 1
+                continue
+            for shard in shards:
+                if offset < shard.next_offset:
+                    continue  # already in this shard's restored checkpoint
+                features = shard.sanitizer.apply(event.features)
+                label = event.fields.get(shard.spec.label)
+                self._sample += 1
+                if self._sample >= _LATENCY_SAMPLE:
+                    self._sample = 0
+                    started = time.perf_counter()
+                    shard.learner.process(features, label, offset)
+                    self._metrics.learn_seconds.labels(shard.id.model).observe(
+                        time.perf_counter() - started
+                    )
+                else:
+                    shard.learner.process(features, label, offset)
+                shard.next_offset = offset + 1
+                shard.pending += 1
+                if shard.pending >= shard.spec.checkpoint.every_events:
+                    self._checkpoint(part, shard, "events")
+                    self._commit([part])
+            if shards is not part.shards:  # a shard was dropped mid-batch
+                shards = part.shards
+        self._report_counts(part)
+
+    def _dead_letter(self, part: Partition, rec: Any, exc: InvalidEvent) -> None:
+        self._dlq.send(
+            rec.topic,
+            rec.value,
+            rec.key,
+            reason=exc.reason,
+            detail=exc.detail,
+            source=(rec.topic, rec.partition, rec.offset),
+        )
+        self._dead_letters_pending = True
+        self._metrics.dead_letters.labels(rec.topic, exc.reason).inc()
+        log.warning(
+            "event sent to the dead-letter topic",
+            extra={
+                "fields": {
+                    "topic": rec.topic,
+                    "partition": rec.partition,
+                    "offset": rec.offset,
+                    "reason": exc.reason,
+                    "detail": exc.detail,
+                }
+            },
+        )
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def _checkpoint_due(self, now: float) -> None:
+        due: list[Partition] = []
+        for part in list(self._partitions.values()):
+            wrote = False
+            for shard in list(part.shards):
+                if (
+                    shard.pending
+                    and now - shard.last_checkpoint >= shard.spec.checkpoint.every_seconds
+                ):
+                    wrote = self._checkpoint(part, shard, "time") or wrote
+            if wrote:
+                due.append(part)
+        self._commit(due)
+
+    def _checkpoint(self, part: Partition, shard: Shard, trigger: Trigger) -> bool:
+        """Write one shard's checkpoint; on a stale epoch drop the shard. True if written."""
+        if self._dead_letters_pending:
+            # Dead letters must be durable before a checkpoint moves past them.
+            self._dlq.flush()
+            self._dead_letters_pending = False
+        started = time.perf_counter()
+        blob = self._codec.encode(shard.learner)
+        stats = shard.learner.stats()
+        try:
+            self._store.save(shard.id, shard.epoch, blob, shard.next_offset, stats)
+        except StaleEpochError as exc:
+            self._metrics.stale_epochs.labels(shard.id.model).inc()
+            log.error("shard dropped: %s", exc, extra={"fields": {"shard": str(shard.id)}})
+            part.shards = [s for s in part.shards if s is not shard]
+            if not part.shards:
+                self._consumer.pause(part.tp)
+            return False
+        elapsed = time.perf_counter() - started
+        shard.pending = 0
+        shard.last_checkpoint = time.monotonic()
+        m = self._metrics
+        labels = (shard.id.model, shard.id.topic, str(shard.id.partition))
+        m.checkpoint_seconds.labels(shard.id.model).observe(elapsed)
+        m.checkpoints.labels(shard.id.model, trigger).inc()
+        m.checkpoint_size.labels(*labels).set(len(blob))
+        m.checkpoint_time.labels(*labels).set(time.time())
+        for window, values in (
+            ("cumulative", stats["metrics"]),
+            ("rolling", stats["rolling_metrics"]),
+        ):
+            for name, value in values.items():
+                if value is not None:
+                    m.model_metric.labels(*labels, name, window).set(value)
+        log.debug(
+            "checkpoint written",
+            extra={
+                "fields": {
+                    "shard": str(shard.id),
+                    "next_offset": shard.next_offset,
+                    "bytes": len(blob),
+                    "seconds": round(elapsed, 6),
+                    "trigger": trigger,
+                }
+            },
+        )
+        return True
+
+    def _commit(self, parts: Iterable[Partition]) -> None:
+        """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth)."""
+        offsets = {}
+        for part in parts:
+            offset = part.commit_offset()
+            if offset is not None:
+                offsets[part.tp] = OffsetAndMetadata(offset, "", -1)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except Exception as exc:  # a commit during a rebalance may fail; harmless here
+            log.warning("offset commit failed: %s", exc)
+
+    def _checkpoint_partitions(self, parts: Iterable[Partition], trigger: Trigger) -> None:
+        parts = list(parts)
+        for part in parts:
+            for shard in list(part.shards):
+                if shard.pending or trigger == "shutdown":
+                    self._checkpoint(part, shard, trigger)
+        self._commit(parts)
+
+    # -- assignment -------------------------------------------------------------------
+
+    def _assign(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self._partitions:
+                continue
+            specs = self._specs_by_topic.get(tp.topic, [])
+            part = Partition(tp, self._decoders[tp.topic], [])
+            for spec in specs:
+                self._restore(part, spec)
+            self._partitions[tp] = part
+            seek = [s.next_offset for s in part.shards]
+            if not part.shards:
+                self._consumer.pause(tp)
+            elif min(seek) >= 0:
+                self._consumer.seek(tp, min(seek))
+            elif self._settings.kafka.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        self._metrics.assigned_partitions.set(len(self._partitions))
+        log.info(
+            "partitions assigned",
+            extra={
+                "fields": {"partitions": [f"{t.topic}/{t.partition}" for t in self._partitions]}
+            },
+        )
+
+    def _restore(self, part: Partition, spec: ModelSpec) -> None:
+        shard_id = ShardId(spec.name, part.tp.topic, part.tp.partition)
+        epoch, checkpoint = self._store.claim(shard_id)
+        if checkpoint is None:
+            learner, next_offset = Learner(spec), -1
+        else:
+            try:
+                restored = self._codec.decode(checkpoint.blob)
+            except SnapshotError as exc:
+                self._metrics.snapshots_refused.labels(spec.name).inc()
+                log.error(
+                    "snapshot refused, shard not loaded: %s",
+                    exc,
+                    extra={"fields": {"shard": str(shard_id), "version": checkpoint.version}},
+                )
+                part.held[shard_id] = checkpoint.next_offset
+                return
+            if not isinstance(restored, Learner):
+                self._metrics.snapshots_refused.labels(spec.name).inc()
+                log.error("snapshot of %s is not a Learner; shard not loaded", shard_id)
+                part.held[shard_id] = checkpoint.next_offset
+                return
+            learner, next_offset = restored, checkpoint.next_offset
+        stats = learner.stats()
+        part.shards.append(
+            Shard(
+                shard_id,
+                spec,
+                learner,
+                self._sanitizers[spec.name],
+                epoch,
+                next_offset,
+                reported_learned=stats["events_learned"],
+                reported_scored=stats["events_scored"] - stats["events_learned"],
+                reported_drift=stats["drift_detections"],
+            )
+        )
+        log.info(
+            "shard restored" if checkpoint else "shard started fresh",
+            extra={"fields": {"shard": str(shard_id), "epoch": epoch, "next_offset": next_offset}},
+        )
+
+    def _revoke(self, tps: Iterable[TopicPartition]) -> None:
+        parts = [p for tp in tps if (p := self._partitions.get(tp)) is not None]
+        self._checkpoint_partitions(parts, "revoke")
+        for part in parts:
+            del self._partitions[part.tp]
+            with contextlib.suppress(KeyError):  # no lag was reported for it yet
+                self._metrics.consumer_lag.remove(part.tp.topic, str(part.tp.partition))
+        self._metrics.assigned_partitions.set(len(self._partitions))
+
+    def _shutdown(self) -> None:
+        try:
+            self._checkpoint_partitions(self._partitions.values(), "shutdown")
+        finally:
+            self._partitions.clear()
+            self._consumer.close()
+            log.info("worker stopped")
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _report_counts(self, part: Partition) -> None:
+        events = self._metrics.events
+        drift = self._metrics.drift
+        for shard in part.shards:
+            learner = shard.learner
+            if learner.events_learned != shard.reported_learned:
+                events.labels(shard.id.model, "learned").inc(
+                    learner.events_learned - shard.reported_learned
+                )
+                shard.reported_learned = learner.events_learned
+            only_scored = learner.events_scored - learner.events_learned
+            if only_scored != shard.reported_scored:
+                events.labels(shard.id.model, "scored").inc(only_scored - shard.reported_scored)
+                shard.reported_scored = only_scored
+            detections = learner.drift_detections
+            if detections != shard.reported_drift:
+                drift.labels(shard.id.model, shard.id.topic, str(shard.id.partition)).inc(
+                    detections - shard.reported_drift
+                )
+                shard.reported_drift = detections
+
+    def _update_lag(self, part: Partition) -> None:
+        end = self._consumer.highwater(part.tp)
+        offset = part.commit_offset()
+        if end is not None and offset is not None:
+            self._metrics.consumer_lag.labels(part.tp.topic, str(part.tp.partition)).set(
+                max(0, end - offset)
+            )
+
+    def _report_progress(self, learned_before: int, seconds: float) -> int:
+        progress = self.progress()
+        learned = sum(p.events_learned for p in progress)
+        if self._on_progress is not None:
+            self._on_progress(progress, (learned - learned_before) / seconds)
+        else:
+            log.info(
+                "progress",
+                extra={
+                    "fields": {
+                        "events_learned": learned,
+                        "events_per_s": round((learned - learned_before) / seconds, 1),
+                        "models": summarize(progress),
+                    }
+                },
+            )
+        return learned
+
+
+def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
+    """Per model: events learned and the primary metric, weighted by events learned."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in progress:
+        row = out.setdefault(p.shard.model, {"events_learned": 0, "shards": 0, "_w": {}, "_r": {}})
+        row["events_learned"] += p.events_learned
+        row["shards"] += 1
+        for acc, values in ((row["_w"], p.metrics), (row["_r"], p.rolling_metrics)):
+            for name, value in values.items():
+                if value is not None:
+                    total, weight = acc.get(name, (0.0, 0))
+                    acc[name] = (total + value * p.events_learned, weight + p.events_learned)
+    for row in out.values():
+        row["metrics"] = {k: (t / w if w else None) for k, (t, w) in row.pop("_w").items()}
+        row["rolling_metrics"] = {k: (t / w if w else None) for k, (t, w) in row.pop("_r").items()}
+    return out
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Checkpoint on revoke; claim, restore and seek on assignment."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._worker._revoke(revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._worker._assign(assigned)
+
+
+def _ping(store: CheckpointStore) -> bool:
+    ping = getattr(store, "ping", None)
+    if ping is None:
+        return True
+    try:
+        return bool(ping())
+    except Exception:
+        return False
+
+
+def topic_specs(models: Iterable[ModelSpec]) -> dict[str, list[ModelSpec]]:
+    """Models by the topics they read."""
+    out: dict[str, list[ModelSpec]] = {}
+    for spec in models:
+        for topic in spec.topics:
+            out.setdefault(topic, []).append(spec)
+    return out

@@ -1,0 +1,240 @@
+"""Fixtures that run real workers (subprocesses) against the session's Kafka and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from learners import Learner, SnapshotCodec
+from stream.checkpoint import RedisCheckpointStore, ShardId
+
+SNAPSHOT_KEY = "integration-snapshot-key-0123456789"
+HASH_KEY = "integration-hash-key-0123456789"
+
+LOGREG_PIPELINE = [
+    {"class": "preprocessing.StandardScaler"},
+    {
+        "class": "linear_model.LogisticRegression",
+        "params": {"optimizer": {"class": "optim.SGD", "params": {"lr": 0.1}}},
+    },
+]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WorkerHandle:
+    """A ``livelearn worker`` subprocess and where its output goes."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    http_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@dataclass
+class Deployment:
+    """One test's configuration: its model, topic, group and the services."""
+
+    config_path: Path
+    env: dict[str, str]
+    model: str
+    topic: str
+    store: RedisCheckpointStore
+    codec: SnapshotCodec
+    bootstrap: str
+    tmp_path: Path
+    workers: list[WorkerHandle]
+
+    def start_worker(self) -> WorkerHandle:
+        port = free_port()
+        log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
+        env = {**self.env, "LIVELEARN_HTTP__PORT": str(port)}
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "--config", str(self.config_path), "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        handle = WorkerHandle(proc, log_path, port)
+        self.workers.append(handle)
+        return handle
+
+    def shard(self, partition: int = 0) -> ShardId:
+        return ShardId(self.model, self.topic, partition)
+
+    def next_offset(self, partition: int = 0) -> int:
+        row = self.store.describe(self.shard(partition))
+        return -1 if row is None else int(row["next_offset"])
+
+    def learner(self, partition: int = 0) -> Learner:
+        checkpoint = self.store.load(self.shard(partition))
+        assert checkpoint is not None, f"no checkpoint for {self.shard(partition)}"
+        learner = self.codec.decode(checkpoint.blob)
+        assert isinstance(learner, Learner)
+        return learner
+
+    def stats(self, partition: int = 0) -> dict[str, Any]:
+        row = self.store.describe(self.shard(partition))
+        assert row is not None
+        return dict(row["stats"])
+
+
+@pytest.fixture
+def deploy(
+    services: Any, unique_name: str, redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[Callable[..., Deployment]]:
+    """Factory: ``deploy(topic, **model_overrides)`` writes a config and returns a Deployment."""
+    made: list[Deployment] = []
+
+    def make(topic: str, settings: dict[str, Any] | None = None, **model: Any) -> Deployment:
+        name = model.pop("name", unique_name)
+        spec = {
+            "name": name,
+            "topics": [topic],
+            "task": "binary",
+            "pipeline": LOGREG_PIPELINE,
+            "metrics": ["Accuracy", "LogLoss"],
+            "checkpoint": {"every_events": 100, "every_seconds": 1.0},
+            **model,
+        }
+        config = {
+            "kafka": {
+                "group_id": f"g-{name}",
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+            },
+            "redis": {"key_prefix": f"ll-{name}"},
+            "log": {"format": "json", "level": "INFO", "progress_seconds": 2},
+            "models": [spec],
+            **(settings or {}),
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {
+            **os.environ,
+            "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": services.bootstrap_servers,
+            "LIVELEARN_REDIS__URL": services.redis_url,
+            "LIVELEARN_SECURITY__SNAPSHOT_KEY": SNAPSHOT_KEY,
+            "LIVELEARN_SECURITY__HASH_KEY": HASH_KEY,
+        }
+        dep = Deployment(
+            path,
+            env,
+            name,
+            topic,
+            RedisCheckpointStore(redis_client, f"ll-{name}"),
+            SnapshotCodec(SNAPSHOT_KEY.encode()),
+            services.bootstrap_servers,
+            tmp_path,
+            [],
+        )
+        made.append(dep)
+        return dep
+
+    yield make
+    for dep in made:
+        for w in dep.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(timeout=10)
+
+
+def phishing_events(n: int | None = None, start: int = 0) -> list[dict[str, Any]]:
+    """Phishing rows as contract events, ids from ``start``."""
+    from river import datasets
+
+    rows = list(datasets.Phishing())[start : None if n is None else start + n]
+    return [
+        {"id": f"e{start + i}", "ts": 1_700_000_000_000 + i, "key": None, "features": x, "label": y}
+        for i, (x, y) in enumerate(rows)
+    ]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    *,
+    partitions: int = 1,
+    rate: float | None = None,
+) -> None:
+    """Send raw values, value i to partition i % partitions, at most ``rate`` a second."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    started = time.monotonic()
+    try:
+        for i, value in enumerate(values):
+            producer.send(topic, value, partition=i % partitions)
+            if rate:
+                ahead = (i + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+
+
+def encode(events: list[dict[str, Any]]) -> list[bytes]:
+    return [orjson.dumps(e) for e in events]
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Any]:
+    """Every record of ``topic`` (all partitions), read without a group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for recs in consumer.poll(timeout_ms=200).values():
+                out.extend(recs)
+            if time.monotonic() > deadline:
+                break
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,101 @@
+"""The session's Kafka and Redis answer, and the local stack (`stream.stack`) behaves."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+
+from stream import stack
+
+if TYPE_CHECKING:
+    from tests.conftest import Services
+
+
+def test_kafka_round_trip(
+    services: Services, make_topic: Callable[..., str], unique_name: str
+) -> None:
+    topic = make_topic(partitions=2)
+    sent = {f"k{i}".encode(): f"v{i}".encode() for i in range(5)}
+    producer = KafkaProducer(bootstrap_servers=services.bootstrap_servers)
+    try:
+        for key, value in sent.items():
+            producer.send(topic, key=key, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=services.bootstrap_servers,
+        group_id=unique_name,
+        auto_offset_reset="earliest",
+    )
+    received: dict[bytes, bytes] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                received.update((record.key, record.value) for record in records)
+    finally:
+        consumer.close()
+    assert received == sent
+
+
+def test_redis_set_get(redis_client: redis.Redis, unique_name: str) -> None:
+    assert redis_client.set(unique_name, b"value", ex=60)
+    assert redis_client.get(unique_name) == b"value"
+
+
+def _running_stack(services: Services, stack_dir: Path) -> stack.StackInfo:
+    info = stack.status(stack_dir)
+    if info is None or info.bootstrap_servers != services.bootstrap_servers:
+        pytest.skip(f"the session's services come from {services.source}, not the local stack")
+    return info
+
+
+def test_status_gives_env_lines(services: Services, stack_dir: Path) -> None:
+    info = _running_stack(services, stack_dir)
+    assert info.env_lines() == [
+        f"LIVELEARN_KAFKA__BOOTSTRAP_SERVERS={services.bootstrap_servers}",
+        f"LIVELEARN_REDIS__URL={services.redis_url}",
+    ]
+    assert info.kafka_pid is not None
+    assert info.redis_pid is not None
+
+
+def test_second_up_returns_the_same_processes(services: Services, stack_dir: Path) -> None:
+    info = _running_stack(services, stack_dir)
+    kafka_port = int(info.bootstrap_servers.rpartition(":")[2])
+    redis_port = int(info.redis_url.rpartition(":")[2].partition("/")[0])
+    started = time.monotonic()
+    again = stack.up(stack_dir, kafka_port=kafka_port, redis_port=redis_port)
+    assert again == info
+    assert time.monotonic() - started < 5
+
+
+def test_status_and_down_of_an_empty_state_dir(tmp_path: Path) -> None:
+    assert stack.status(tmp_path) is None
+    assert stack.down(tmp_path) == []
+    assert stack.down(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("service", ["kafka_port", "redis_port"], ids=["kafka", "redis"])
+def test_up_refuses_a_port_taken_by_another_process(tmp_path: Path, service: str) -> None:
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))  # held only to pick a free number; closed before up()
+        taken_port, free_port = taken.getsockname()[1], free.getsockname()[1]
+        free.close()
+        ports = {"kafka_port": free_port, "redis_port": free_port}
+        ports[service] = taken_port
+        with pytest.raises(stack.StackError, match=rf"port {taken_port} .*{service}"):
+            stack.up(tmp_path, **ports)
+    assert stack.status(tmp_path) is None

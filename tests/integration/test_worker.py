@@ -1,0 +1,265 @@
+"""The worker on a real Kafka broker and a real Redis server (issue: the learning worker)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import threading
+import urllib.request
+from typing import Any
+
+import orjson
+import pytest
+from river import evaluate, metrics
+
+from learners import ModelSpec, SnapshotRefused
+from stream.dlq import read_headers
+from tests.integration.conftest import (
+    LOGREG_PIPELINE,
+    encode,
+    phishing_events,
+    produce,
+    read_all,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _probe() -> list[dict[str, Any]]:
+    return [e["features"] for e in phishing_events(n=100, start=1000)]
+
+
+def _river_reference(events: list[dict[str, Any]]) -> tuple[Any, dict[str, float]]:
+    """River's own test-then-train loop over the decoded events."""
+    spec = ModelSpec.model_validate(
+        {"name": "ref", "topics": ["x"], "task": "binary", "pipeline": LOGREG_PIPELINE}
+    )
+    model = spec.build_pipeline()
+    acc, logloss = metrics.Accuracy(), metrics.LogLoss()
+    data = [(e["features"], e["label"]) for e in (orjson.loads(v) for v in encode(events))]
+    evaluate.progressive_val_score(data, model, acc)
+    model2 = spec.build_pipeline()
+    evaluate.progressive_val_score(data, model2, logloss)
+    return model, {"Accuracy": acc.get(), "LogLoss": logloss.get()}
+
+
+def _assert_same_predictions(model_a: Any, model_b: Any) -> None:
+    for x in _probe():
+        pa, pb = model_a.predict_proba_one(x), model_b.predict_proba_one(x)
+        assert pa.keys() == pb.keys()
+        for k in pa:
+            assert math.isclose(pa[k], pb[k], rel_tol=0, abs_tol=1e-12), (x, pa, pb)
+
+
+def test_one_partition_equals_rivers_own_loop(make_topic, deploy) -> None:
+    topic = make_topic(partitions=1)
+    dep = deploy(topic)
+    events = phishing_events(n=1000)
+    produce(dep.bootstrap, topic, encode(events))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 1000, 60, "the worker to learn 1000 events")
+    assert worker.terminate() == 0
+    learner = dep.learner()
+    reference, ref_metrics = _river_reference(events)
+    stats = learner.stats()
+    assert stats["events_learned"] == 1000
+    for name, value in ref_metrics.items():
+        assert math.isclose(stats["metrics"][name], value, rel_tol=0, abs_tol=1e-12), name
+    _assert_same_predictions(learner.model, reference)
+
+
+def test_sigkill_at_several_points_learns_every_event_once(make_topic, deploy) -> None:
+    topic = make_topic(partitions=1)
+    dep = deploy(topic, checkpoint={"every_events": 37, "every_seconds": 0.3})
+    events = phishing_events(n=1000)
+    producer = threading.Thread(
+        target=produce, args=(dep.bootstrap, topic, encode(events)), kwargs={"rate": 150}
+    )
+    producer.start()
+    rng = random.Random(7)
+    for kill_after in (150, 420, 700):
+        worker = dep.start_worker()
+        wait_for(lambda k=kill_after: dep.next_offset() >= k, 90, f"offset {kill_after}")
+        # Land the kill between checkpoints: events learned but not yet checkpointed.
+        threading.Event().wait(rng.uniform(0.05, 0.25))
+        worker.kill()
+    producer.join()
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 1000, 120, "the last worker to reach the end")
+    assert worker.terminate() == 0
+    learner = dep.learner()
+    assert learner.stats()["events_learned"] == 1000
+    reference, ref_metrics = _river_reference(events)
+    _assert_same_predictions(learner.model, reference)
+    assert math.isclose(learner.stats()["metrics"]["Accuracy"], ref_metrics["Accuracy"])
+    assert "shard restored" in worker.log()
+
+
+def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) -> None:
+    partitions = 4
+    topic = make_topic(partitions=partitions)
+    dep = deploy(topic, checkpoint={"every_events": 50, "every_seconds": 0.5})
+    events = phishing_events(n=1200)
+    producer = threading.Thread(
+        target=produce,
+        args=(dep.bootstrap, topic, encode(events)),
+        kwargs={"partitions": partitions, "rate": 200},
+    )
+    producer.start()
+    first, second = dep.start_worker(), dep.start_worker()
+    wait_for(
+        lambda: sum(max(dep.next_offset(p), 0) for p in range(partitions)) >= 400,
+        90,
+        "both workers to learn",
+    )
+    assert first.terminate() == 0
+    producer.join()
+    per_partition = len(events) // partitions
+    wait_for(
+        lambda: all(dep.next_offset(p) == per_partition for p in range(partitions)),
+        120,
+        "every partition to reach its last offset",
+    )
+    assert second.terminate() == 0
+    learned = [dep.stats(p)["events_learned"] for p in range(partitions)]
+    assert learned == [per_partition] * partitions
+    assert second.proc.returncode == 0
+
+
+def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(make_topic, deploy) -> None:
+    topic = make_topic(partitions=1)
+    dep = deploy(topic, settings={"events": {"max_bytes": 4096}})
+    good = phishing_events(n=60)
+    bad: list[tuple[bytes, str]] = [
+        (b"{not json", "not_json"),
+        (b'["a", "list"]', "not_object"),
+        (orjson.dumps({"id": "m1", "label": True}), "missing_field"),
+        (orjson.dumps({"features": {"a": 1.0}, "label": True}), "missing_field"),
+        (orjson.dumps({"id": "t1", "features": {"a": [1, 2]}, "label": True}), "wrong_type"),
+        (orjson.dumps({"id": "t2", "features": "x", "label": True}), "wrong_type"),
+        (orjson.dumps({"id": "t3", "features": {"a": 1.0}, "label": {"y": 1}}), "wrong_type"),
+        (b'{"id": "n1", "features": {"a": NaN}, "label": true}', "non_finite"),
+        (b'{"id": "n2", "features": {"a": Infinity}, "label": true}', "non_finite"),
+        (b'{"id": "n3", "features": {"a": 1e999}, "label": true}', "non_finite"),
+        (orjson.dumps({"id": "b1", "features": {"a": "x" * 5000}, "label": True}), "too_large"),
+        (
+            orjson.dumps({"id": "ts", "ts": "yesterday", "features": {}, "label": True}),
+            "bad_timestamp",
+        ),
+    ]
+    values: list[bytes] = []
+    expected_bad: dict[int, str] = {}
+    bad_iter = iter(bad)
+    for i, value in enumerate(encode(good)):
+        values.append(value)
+        if i % 5 == 4 and (item := next(bad_iter, None)) is not None:
+            expected_bad[len(values)] = item[1]
+            values.append(item[0])
+    assert len(expected_bad) == len(bad)
+    worker = dep.start_worker()
+    produce(dep.bootstrap, topic, values)
+    wait_for(lambda: dep.next_offset() == len(values), 60, "the worker to pass every event")
+    assert worker.proc.poll() is None, "the worker exited on bad input"
+    dead = read_all(dep.bootstrap, f"{topic}.dlq")
+    got = {int(read_headers(r.headers)["source.offset"]): read_headers(r.headers) for r in dead}
+    assert {k: v["reason"] for k, v in got.items()} == expected_bad
+    for offset, headers in got.items():
+        assert headers["source.topic"] == topic
+        assert headers["source.partition"] == "0"
+        assert headers["detail"]
+        by_offset = {int(read_headers(r.headers)["source.offset"]): r.value for r in dead}
+        assert by_offset[offset] == values[offset]
+    assert worker.terminate() == 0
+    assert dep.stats()["events_learned"] == len(good)
+
+
+def test_tampered_snapshot_is_refused_and_counted(make_topic, deploy, redis_client) -> None:
+    topic = make_topic(partitions=1)
+    dep = deploy(topic)
+    produce(dep.bootstrap, topic, encode(phishing_events(n=200)))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 200, 60, "a checkpoint at 200")
+    assert worker.terminate() == 0
+    key = f"ll-{dep.model}:shard:{dep.model}:{topic}:0"
+    blob = bytearray(redis_client.hget(key, "blob"))
+    blob[len(blob) // 2] ^= 0x01
+    redis_client.hset(key, "blob", bytes(blob))
+    with pytest.raises(SnapshotRefused):
+        dep.codec.decode(bytes(blob))
+
+    worker = dep.start_worker()
+    base = f"http://127.0.0.1:{worker.http_port}"
+
+    def refused() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        return f'livelearn_snapshots_refused_total{{model="{dep.model}"}} 1.0' in text
+
+    wait_for(refused, 60, "the refused-snapshot metric")
+    assert "snapshot refused" in worker.log()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{base}/readyz", timeout=2)
+    assert info.value.code == 503
+    assert f"{dep.model}/{topic}/0" in json.loads(info.value.read())["refused_shards"]
+    # Nothing was overwritten: the tampered blob and its offset are still there.
+    assert redis_client.hget(key, "blob") == bytes(blob)
+    assert worker.terminate() == 0
+    assert dep.next_offset() == 200
+
+
+def test_sigterm_writes_a_final_checkpoint_and_exits_zero(make_topic, deploy) -> None:
+    topic = make_topic(partitions=1)
+    # Only the shutdown can write: counts and time never trigger a checkpoint here.
+    dep = deploy(topic, checkpoint={"every_events": 1_000_000, "every_seconds": 3600})
+    worker = dep.start_worker()
+    produce(dep.bootstrap, topic, encode(phishing_events(n=300)))
+    base = f"http://127.0.0.1:{worker.http_port}"
+
+    def learned_all() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        return f'livelearn_events_total{{model="{dep.model}",outcome="learned"}} 300.0' in text
+
+    wait_for(learned_all, 60, "300 events learned")
+    assert dep.next_offset() == -1
+    assert worker.terminate() == 0
+    assert dep.next_offset() == 300
+    assert dep.stats()["events_learned"] == 300
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ({"pipeline": [{"class": "linear_model.NoSuchModel"}]}, "models[0].pipeline[0]"),
+        ({"pipeline": [{"class": "os.system"}]}, "models[0].pipeline[0]"),
+        ({"pipeline": [{"class": "subprocess.Popen"}]}, "models[0].pipeline[0]"),
+        ({"topics": []}, "models[0].topics"),
+    ],
+    ids=["unknown-class", "outside-river", "outside-river-2", "no-topic"],
+)
+def test_config_errors_stop_startup_naming_the_setting(tmp_path, model, needle) -> None:
+    import yaml
+
+    spec = {"name": "bad", "topics": ["t"], "task": "binary", "pipeline": LOGREG_PIPELINE}
+    spec.update(model)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": [spec]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "--config", str(path), "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

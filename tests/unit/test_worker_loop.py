@@ -1,0 +1,241 @@
+"""The worker loop against in-memory fakes behind its Protocols (no network).
+
+The same behaviours are proven on real Kafka and Redis in tests/integration.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+import orjson
+import pytest
+from kafka import TopicPartition
+
+from learners import SnapshotCodec
+from stream import StaleEpochError
+from stream.checkpoint import Checkpoint, ShardId
+from stream.metrics import WorkerMetrics
+from stream.settings import Settings
+from stream.worker import Worker
+
+Record = namedtuple("Record", "topic partition offset key value")
+KEY = b"unit-test-snapshot-key-000000000"
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.epochs: dict[ShardId, int] = {}
+        self.rows: dict[ShardId, Checkpoint] = {}
+        self.saves: list[tuple[ShardId, int]] = []
+
+    def claim(self, shard: ShardId) -> tuple[int, Checkpoint | None]:
+        self.epochs[shard] = self.epochs.get(shard, 0) + 1
+        return self.epochs[shard], self.rows.get(shard)
+
+    def save(self, shard, epoch, blob, next_offset, stats) -> int:
+        if self.epochs.get(shard) != epoch:
+            raise StaleEpochError(str(shard), epoch, self.epochs.get(shard))
+        version = self.rows[shard].version + 1 if shard in self.rows else 1
+        self.rows[shard] = Checkpoint(
+            shard, blob, next_offset, epoch, stats, 0.0, len(blob), version
+        )
+        self.saves.append((shard, next_offset))
+        return version
+
+    def load(self, shard: ShardId) -> Checkpoint | None:
+        return self.rows.get(shard)
+
+
+class FakeDlq:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.flushes = 0
+
+    def send(self, topic, value, key, *, reason, detail, source) -> None:
+        self.sent.append({"topic": topic, "reason": reason, "source": source})
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class FakeConsumer:
+    """Hands out queued batches; the test drives assignment through the listener."""
+
+    def __init__(self, worker_ref: list[Worker]) -> None:
+        self.listener: Any = None
+        self.batches: list[dict[TopicPartition, list[Record]]] = []
+        self.seeks: dict[TopicPartition, int] = {}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+        self.closed = False
+        self._worker = worker_ref
+
+    def subscribe(self, topics, listener) -> None:
+        self.listener = listener
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None):
+        if not self.batches:
+            self._worker[0].stop()
+            return {}
+        return self.batches.pop(0)
+
+    def seek(self, tp, offset) -> None:
+        self.seeks[tp] = offset
+
+    def seek_to_beginning(self, *tps) -> None:
+        for tp in tps:
+            self.seeks[tp] = 0
+
+    def seek_to_end(self, *tps) -> None:
+        raise AssertionError("not expected")
+
+    def pause(self, *tps) -> None:
+        self.paused.update(tps)
+
+    def commit(self, offsets) -> None:
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+
+    def highwater(self, tp) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _settings(every_events: int = 1000) -> Settings:
+    return Settings(
+        models=[
+            {
+                "name": "m",
+                "topics": ["t"],
+                "task": "binary",
+                "pipeline": [{"class": "linear_model.LogisticRegression"}],
+                "checkpoint": {"every_events": every_events, "every_seconds": 3600},
+            }
+        ]
+    )
+
+
+def _records(n: int, start: int = 0, bad: frozenset[int] = frozenset()) -> list[Record]:
+    out = []
+    for i in range(start, start + n):
+        value = (
+            b"{bad"
+            if i in bad
+            else orjson.dumps({"id": str(i), "features": {"x": float(i % 7)}, "label": i % 2 == 0})
+        )
+        out.append(Record("t", 0, i, None, value))
+    return out
+
+
+def _worker(store: FakeStore, every_events: int = 1000) -> tuple[Worker, FakeConsumer, FakeDlq]:
+    ref: list[Worker] = []
+    consumer, dlq = FakeConsumer(ref), FakeDlq()
+    worker = Worker(
+        _settings(every_events),
+        consumer,
+        store,
+        dlq,
+        SnapshotCodec(KEY),
+        b"h" * 32,
+        WorkerMetrics(),
+    )
+    ref.append(worker)
+    return worker, consumer, dlq
+
+
+TP = TopicPartition("t", 0)
+SHARD = ShardId("m", "t", 0)
+
+
+def _run(worker: Worker, consumer: FakeConsumer, batches: list[list[Record]]) -> None:
+    consumer.batches = [{TP: b} for b in batches]
+    original = consumer.subscribe
+
+    def subscribe(topics, listener) -> None:
+        original(topics, listener)
+        listener.on_partitions_assigned([TP])
+
+    consumer.subscribe = subscribe  # type: ignore[method-assign]
+    worker.run()
+
+
+def test_checkpoints_every_n_events_then_on_shutdown_and_commits_after() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store, every_events=40)
+    _run(worker, consumer, [_records(50), _records(50, start=50)])
+    assert [offset for _, offset in store.saves] == [40, 80, 100]
+    assert [c[TP] for c in consumer.commits] == [40, 80, 100]
+    assert consumer.seeks[TP] == 0 and consumer.closed
+
+
+def test_restart_resumes_from_the_checkpoint_and_skips_covered_events() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store)
+    _run(worker, consumer, [_records(30)])
+    worker2, consumer2, _ = _worker(store)
+    # The broker may redeliver events the checkpoint already covers.
+    _run(worker2, consumer2, [_records(40, start=20)])
+    assert consumer2.seeks[TP] == 30
+    stats = store.rows[SHARD].stats
+    assert stats["events_learned"] == 60 and store.rows[SHARD].next_offset == 60
+
+
+def test_invalid_events_go_to_the_dlq_and_advance_the_offset() -> None:
+    store = FakeStore()
+    worker, consumer, dlq = _worker(store, every_events=5)
+    _run(worker, consumer, [_records(10, bad=frozenset({3, 9}))])
+    assert [d["source"] for d in dlq.sent] == [("t", 0, 3), ("t", 0, 9)]
+    assert {d["reason"] for d in dlq.sent} == {"not_json"}
+    assert dlq.flushes >= 1  # flushed before a checkpoint passed offset 3
+    assert store.rows[SHARD].next_offset == 10
+    assert store.rows[SHARD].stats["events_learned"] == 8
+
+
+def test_a_stale_epoch_drops_the_shard_and_pauses_the_partition() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store, every_events=10)
+    consumer.batches = [{TP: _records(5)}, {TP: _records(10, start=5)}]
+    consumer.listener = None
+
+    def subscribe(topics, listener) -> None:
+        listener.on_partitions_assigned([TP])
+        store.claim(SHARD)  # another worker takes the shard over
+
+    consumer.subscribe = subscribe  # type: ignore[method-assign]
+    worker.run()
+    assert TP in consumer.paused
+    assert SHARD not in store.rows  # the zombie wrote nothing
+
+
+def test_a_tampered_snapshot_is_held_not_loaded() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store)
+    _run(worker, consumer, [_records(10)])
+    row = store.rows[SHARD]
+    blob = bytearray(row.blob)
+    blob[-40] ^= 1
+    store.rows[SHARD] = Checkpoint(
+        SHARD, bytes(blob), row.next_offset, row.epoch, row.stats, 0.0, row.size, row.version
+    )
+    worker2, consumer2, _ = _worker(store)
+    _run(worker2, consumer2, [_records(5, start=10)])
+    assert TP in consumer2.paused
+    assert store.rows[SHARD].blob == bytes(blob)
+    refused = worker2._metrics.snapshots_refused.labels("m")._value.get()
+    assert refused == 1
+
+
+@pytest.mark.parametrize("models", [[]], ids=["no-models"])
+def test_a_worker_needs_models(models) -> None:
+    with pytest.raises(ValueError, match="no models"):
+        Worker(
+            Settings(models=models),
+            FakeConsumer([]),
+            FakeStore(),
+            FakeDlq(),
+            SnapshotCodec(KEY),
+            b"h" * 32,
+            WorkerMetrics(),
+        )
