@@ -96,6 +96,9 @@ class FakeConsumer:
     def commit(self, offsets) -> None:
         self.commits.append({tp: o.offset for tp, o in offsets.items()})
 
+    def commit_async(self, offsets, callback) -> None:
+        self.commit(offsets)
+
     def highwater(self, tp) -> int | None:
         return None
 
