@@ -6,7 +6,7 @@ PYTHON ?= python3
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
 
-test: lint
+test: install lint
 	$(PYTHON) -m pytest -q
 
 lint:
@@ -29,8 +29,8 @@ stack-down:
 stack-status:
 	$(PYTHON) -m stream.stack status
 
-run:
+run: install
 	livelearn demo
 
-bench:
+bench: install
 	$(PYTHON) -m bench

@@ -251,7 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     def stop_when_caught_up() -> None:
         produced.wait()
-        probe = KafkaConsumer(bootstrap_servers=bootstrap)
+        probe = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         try:
             tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or []]
             ends = probe.end_offsets(tps)
