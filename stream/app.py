@@ -169,7 +169,12 @@ def build_worker(
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             max_poll_records=k.max_poll_records,
+            metadata_max_age_ms=k.metadata_max_age_ms,
         )
+        # Load the topics' metadata before joining, so the first assignment covers
+        # topics created just before start-up.
+        for topic in present:
+            consumer.partitions_for_topic(topic)
     except KafkaError as exc:
         raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
     metrics = WorkerMetrics()

@@ -51,6 +51,9 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     max_poll_records: int = Field(500, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
+    # How soon a worker sees new partitions or a topic created after it started;
+    # one metadata request per period is cheap.
+    metadata_max_age_ms: int = Field(10_000, ge=1_000)
 
 
 class RedisSettings(_Section):
