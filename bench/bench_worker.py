@@ -24,7 +24,7 @@ from river import datasets
 
 from learners import ModelSpec
 from stream.app import build_worker, ensure_topics
-from stream.settings import load_settings
+from stream.settings import KafkaSettings, load_settings
 
 SPECS: dict[str, dict[str, Any]] = {
     "StandardScaler|LogisticRegression": {
@@ -73,7 +73,13 @@ def river_loop(spec: ModelSpec, values: list[bytes]) -> float:
 
 def plain_consumer(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
     """(b) kafka-python consumer + orjson + learner, no checkpoints; events/s."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    fetch = KafkaSettings()  # the worker's fetch sizes, so (b) is its transport baseline
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
+        fetch_max_bytes=fetch.fetch_max_bytes,
+    )
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
@@ -82,7 +88,7 @@ def plain_consumer(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float
     seen = 0
     started = 0.0
     while seen < n:
-        for records in consumer.poll(timeout_ms=500, max_records=500).values():
+        for records in consumer.poll(timeout_ms=500, max_records=fetch.max_poll_records).values():
             if not started:
                 started = time.perf_counter()
             for rec in records:

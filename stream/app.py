@@ -169,6 +169,8 @@ def build_worker(
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             max_poll_records=k.max_poll_records,
+            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+            fetch_max_bytes=k.fetch_max_bytes,
             metadata_max_age_ms=k.metadata_max_age_ms,
         )
         # Load the topics' metadata before joining, so the first assignment covers

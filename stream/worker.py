@@ -378,7 +378,9 @@ class Worker:
             for shard in list(part.shards):
                 if shard.pending or trigger == "shutdown":
                     self._checkpoint(part, shard, trigger)
-        self._commit(parts, wait=True)
+        # kafka-python 3 runs rebalance listeners on its IO thread, where a blocking
+        # commit is refused; there the commit is sent without waiting.
+        self._commit(parts, wait=trigger == "shutdown")
 
     # -- assignment -------------------------------------------------------------------
 
@@ -455,9 +457,24 @@ class Worker:
         self._checkpoint_partitions(parts, "revoke")
         for part in parts:
             del self._partitions[part.tp]
-            with contextlib.suppress(KeyError):  # no lag was reported for it yet
-                self._metrics.consumer_lag.remove(part.tp.topic, str(part.tp.partition))
+            self._forget_gauges(part)
         self._metrics.assigned_partitions.set(len(self._partitions))
+
+    def _forget_gauges(self, part: Partition) -> None:
+        """Drop a departed partition's gauges: its new owner reports them now."""
+        m = self._metrics
+        tp = (part.tp.topic, str(part.tp.partition))
+        with contextlib.suppress(KeyError):  # nothing was reported for it yet
+            m.consumer_lag.remove(*tp)
+        for spec in self._specs_by_topic.get(part.tp.topic, []):
+            labels = (spec.name, *tp)
+            for gauge in (m.checkpoint_size, m.checkpoint_time):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+            for name in spec.metrics:
+                for window in ("cumulative", "rolling"):
+                    with contextlib.suppress(KeyError):
+                        m.model_metric.remove(*labels, name, window)
 
     def _shutdown(self) -> None:
         try:
@@ -536,7 +553,11 @@ def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Checkpoint on revoke; claim, restore and seek on assignment."""
+    """Checkpoint on revoke; claim, restore and seek on assignment.
+
+    kafka-python calls these on its IO thread while the worker's thread is blocked
+    in ``poll()``, so they never run concurrently with the event loop.
+    """
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker

@@ -34,15 +34,25 @@ LOGREG_PIPELINE = [
 ]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.1,
+    context: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout.
+
+    ``context`` (e.g. a worker's log tail) is shown with the failure.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f"\n{context()}" if context is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(every)
 
 
@@ -62,6 +72,9 @@ class WorkerHandle:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return "worker log (tail):\n" + self.log()[-3000:]
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

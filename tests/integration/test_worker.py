@@ -15,7 +15,7 @@ import orjson
 import pytest
 from river import evaluate, metrics
 
-from learners import ModelSpec, SnapshotRefused
+from learners import ModelSpec, Sanitizer, SanitizeRule, SnapshotRefused
 from stream.dlq import read_headers
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
@@ -61,7 +61,7 @@ def test_one_partition_equals_rivers_own_loop(make_topic, deploy) -> None:
     events = phishing_events(n=1000)
     produce(dep.bootstrap, topic, encode(events))
     worker = dep.start_worker()
-    wait_for(lambda: dep.next_offset() == 1000, 60, "the worker to learn 1000 events")
+    wait_for(lambda: dep.next_offset() == 1000, 60, "1000 events learned", context=worker.tail)
     assert worker.terminate() == 0
     learner = dep.learner()
     reference, ref_metrics = _river_reference(events)
@@ -230,10 +230,10 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_zero(make_topic, deploy) ->
             return False
         return f'livelearn_events_total{{model="{dep.model}",outcome="learned"}} 300.0' in text
 
-    wait_for(learned_all, 60, "300 events learned")
-    assert dep.next_offset() == -1
-    assert worker.terminate() == 0
-    assert dep.next_offset() == 300
+    wait_for(learned_all, 60, "300 events learned", context=worker.tail)
+    assert dep.next_offset() == -1, worker.tail()
+    assert worker.terminate() == 0, worker.tail()
+    assert dep.next_offset() == 300, worker.tail()
     assert dep.stats()["events_learned"] == 300
 
 
@@ -263,3 +263,101 @@ def test_config_errors_stop_startup_naming_the_setting(tmp_path, model, needle) 
     assert result.returncode == 2
     assert needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sensitive_fields_never_reach_the_model_the_store_or_the_log(make_topic, deploy) -> None:
+    import zlib
+
+    from tests.integration.conftest import HASH_KEY, SNAPSHOT_KEY
+
+    topic = make_topic(partitions=1)
+    dep = deploy(
+        topic,
+        pipeline=[{"class": "tree.HoeffdingTreeClassifier"}],
+        metrics=["Accuracy"],
+        sanitize=[{"field": "email", "action": "hash"}, {"field": "name", "action": "drop"}],
+    )
+    events = phishing_events(n=200)
+    for i, e in enumerate(events):
+        e["features"] = {
+            **e["features"],
+            "email": f"user{i % 7}@example.com",
+            "name": f"Person Number{i}",
+        }
+    produce(dep.bootstrap, topic, encode(events))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 200, 60, "200 events learned", context=worker.tail)
+    assert worker.terminate() == 0
+    checkpoint = dep.store.load(dep.shard())
+    assert checkpoint is not None
+    header_len = int.from_bytes(checkpoint.blob[7:11], "big")
+    payload = zlib.decompress(checkpoint.blob[11 + header_len : -32])
+    for secret in (b"@example.com", b"Person Number", b"user3"):
+        assert secret not in payload
+    log = worker.log()
+    for secret in ("@example.com", "Person Number", SNAPSHOT_KEY, HASH_KEY):
+        assert secret not in log
+    # The tree did learn from the keyed hash of the e-mail (same person, same value).
+    hasher = Sanitizer([SanitizeRule(field="email", action="hash")], HASH_KEY.encode())
+    assert hasher.hash_value("user3@example.com").encode() in payload
+    assert dep.learner().stats()["events_learned"] == 200
+
+
+def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
+    topic = make_topic(partitions=2)
+    dep = deploy(topic)
+    produce(dep.bootstrap, topic, encode(phishing_events(n=100)), partitions=2)
+    worker = dep.start_worker()
+    wait_for(
+        lambda: dep.next_offset(0) == 50 and dep.next_offset(1) == 50,
+        60,
+        "both shards checkpointed",
+        context=worker.tail,
+    )
+    assert worker.terminate() == 0
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "--config",
+            str(dep.config_path),
+            "models",
+            "show",
+            dep.model,
+            "--json",
+        ],
+        env=dep.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    desc = json.loads(out.stdout)
+    assert desc["model"] == dep.model and desc["events_learned"] == 100
+    assert [(s["topic"], s["partition"], s["next_offset"]) for s in desc["shards"]] == [
+        (topic, 0, 50),
+        (topic, 1, 50),
+    ]
+    shard = desc["shards"][0]
+    assert set(shard) >= {
+        "events_learned",
+        "events_scored",
+        "metrics",
+        "rolling_metrics",
+        "drift_detections",
+        "epoch",
+        "snapshot_bytes",
+        "age_seconds",
+        "version",
+    }
+    assert 0 <= shard["metrics"]["Accuracy"] <= 1 and shard["snapshot_bytes"] > 0
+    listed = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "--config", str(dep.config_path), "models", "list"],
+        env=dep.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"{dep.model}: 2 shard(s), 100 learned" in listed.stdout

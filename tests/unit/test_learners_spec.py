@@ -155,7 +155,7 @@ def test_defaults(spec_data: SpecData) -> None:
     assert spec.include is None
     assert spec.exclude == []
     assert spec.rolling_window == 1000
-    assert spec.checkpoint == CheckpointPolicy(every_events=1000, every_seconds=5.0)
+    assert spec.checkpoint == CheckpointPolicy(every_events=10_000, every_seconds=1.0)
     assert isinstance(spec.build_drift(), drift.ADWIN)
     assert spec.sanitize == []
 

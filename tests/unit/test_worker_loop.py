@@ -242,3 +242,32 @@ def test_a_worker_needs_models(models) -> None:
             b"h" * 32,
             WorkerMetrics(),
         )
+
+
+def test_a_revoked_partition_leaves_no_stale_gauges() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store, every_events=5)
+    consumer.batches = [{TP: _records(10)}]
+    consumer.subscribe = lambda topics, listener: listener.on_partitions_assigned([TP])  # type: ignore[method-assign]
+    listener_holder: list[Any] = []
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None):
+        if consumer.batches:
+            return consumer.batches.pop(0)
+        labels = {"model": "m", "topic": "t", "partition": "0"}
+        registry = worker._metrics.registry
+        assert registry.get_sample_value("livelearn_checkpoint_size_bytes", labels) is not None
+        worker._revoke([TP])
+        listener_holder.append(
+            registry.get_sample_value(
+                "livelearn_model_metric", {**labels, "metric": "Accuracy", "window": "rolling"}
+            )
+        )
+        listener_holder.append(registry.get_sample_value("livelearn_checkpoint_size_bytes", labels))
+        worker.stop()
+        return {}
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    worker.run()
+    assert listener_holder == [None, None]
+    assert store.rows[SHARD].next_offset == 10
