@@ -193,16 +193,8 @@ def test_tampered_snapshot_is_refused_and_counted(make_topic, deploy, redis_clie
 
     worker = dep.start_worker()
     base = f"http://127.0.0.1:{worker.http_port}"
-
-    def refused() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return False
-        return f'livelearn_snapshots_refused_total{{model="{dep.model}"}} 1.0' in text
-
-    wait_for(refused, 60, "the refused-snapshot metric")
+    sample = f'livelearn_snapshots_refused_total{{model="{dep.model}"}} 1.0'
+    wait_for(lambda: sample in worker.metrics(), 60, "the refused-snapshot metric")
     assert "snapshot refused" in worker.log()
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"{base}/readyz", timeout=2)
@@ -220,17 +212,8 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_zero(make_topic, deploy) ->
     dep = deploy(topic, checkpoint={"every_events": 1_000_000, "every_seconds": 3600})
     worker = dep.start_worker()
     produce(dep.bootstrap, topic, encode(phishing_events(n=300)))
-    base = f"http://127.0.0.1:{worker.http_port}"
-
-    def learned_all() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return False
-        return f'livelearn_events_total{{model="{dep.model}",outcome="learned"}} 300.0' in text
-
-    wait_for(learned_all, 60, "300 events learned", context=worker.tail)
+    sample = f'livelearn_events_total{{model="{dep.model}",outcome="learned"}} 300.0'
+    wait_for(lambda: sample in worker.metrics(), 60, "300 events learned", context=worker.tail)
     assert dep.next_offset() == -1, worker.tail()
     assert worker.terminate() == 0, worker.tail()
     assert dep.next_offset() == 300, worker.tail()
