@@ -319,6 +319,9 @@ class ModelSpec(_Spec):
     drift: RiverRef | None = RiverRef.model_validate({"class": "drift.ADWIN"})
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     sanitize: list[SanitizeRule] = Field(default_factory=list)
+    # Serve each prediction from the shard of the event's key (Kafka's default partitioner
+    # maps a key to its partition) instead of combining every shard.
+    route_by_key: bool = False
 
     _include: frozenset[str] | None = PrivateAttr(default=None)
     _exclude: frozenset[str] = PrivateAttr(default=frozenset())

@@ -189,6 +189,13 @@ class RedisCheckpointStore:
             "version": int(row["version"] or 0),
         }
 
+    def versions(self, shards: list[ShardId]) -> list[int | None]:
+        """Each shard's checkpoint version (None where there is none), in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hget(self._shard_key(shard), "version")
+        return [None if v is None else int(v) for v in pipe.execute()]
+
     def models(self) -> list[str]:
         """Names of the models that have checkpoints."""
         return sorted(m.decode() for m in self._r.smembers(f"{self._prefix}:models"))  # type: ignore[union-attr]

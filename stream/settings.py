@@ -28,7 +28,7 @@ ENV_PREFIX = "LIVELEARN_"
 AutoOffsetReset = Literal["earliest", "latest"]
 LogFormat = Literal["auto", "json", "text"]
 
-_SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password"})
+_SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password", "tokens"})
 
 _config_path: ContextVar[Path | None] = ContextVar("livelearn_config_path", default=None)
 
@@ -85,6 +85,21 @@ class HttpSettings(_Section):
     port: int = Field(9400, ge=0, le=65_535)
 
 
+class ServingSettings(_Section):
+    """The prediction API and the lookup client."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65_535)
+    # Bearer tokens accepted by the API; at least one is required to serve.
+    tokens: list[SecretStr] = []
+    # Models to serve; empty means every configured model.
+    models: list[str] = []
+    # Fallback for a missed pub/sub announcement or a dropped connection.
+    reload_check_seconds: float = Field(5.0, gt=0)
+    keep_releases: int = Field(10, ge=1)
+    max_batch: int = Field(1000, ge=1)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: LogFormat = "auto"
@@ -107,6 +122,7 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    serving: ServingSettings = ServingSettings()
     models: list[ModelSpec] = []
 
     @model_validator(mode="after")

@@ -1,0 +1,254 @@
+"""Releases: numbered, signed freezes of a model's shards, and which one serving uses.
+
+A release copies every shard's signed snapshot with its offset and stats under one
+number and a manifest signed with the snapshot key. Serving follows the latest
+checkpoints unless the model is pinned to a release (``promote``); ``rollback`` pins
+the release before the current one and ``follow`` returns to the latest checkpoints.
+Each change is announced on the model's update channel. The newest ``keep`` releases
+are kept, and a pinned one is never deleted.
+
+Keys, under the store's prefix::
+
+    {prefix}:release:{model}:{n}   hash: manifest, signature, blob:{topic}/{partition}
+    {prefix}:releases:{model}      sorted set of release numbers
+    {prefix}:release_seq:{model}   last number given
+    {prefix}:pin:{model}           the pinned release number (absent: follow latest)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from stream._errors import StreamError
+from stream.checkpoint import Checkpoint, RedisCheckpointStore, ShardId
+
+ReleaseSource = Literal["live", "replay"]
+
+
+class ReleaseError(StreamError, ValueError):
+    """A release does not exist, cannot be made, or fails verification."""
+
+
+@dataclass(frozen=True)
+class ReleaseShard:
+    """One shard of a release: its signed snapshot and what it covers."""
+
+    shard: ShardId
+    blob: bytes
+    next_offset: int
+    stats: dict[str, Any]
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Release:
+    """A verified release: its number, manifest and shards."""
+
+    model: str
+    number: int
+    created_at: float
+    source: ReleaseSource
+    note: str
+    shards: dict[ShardId, ReleaseShard]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description, without the blobs."""
+        return {
+            "model": self.model,
+            "release": self.number,
+            "created_at": self.created_at,
+            "source": self.source,
+            "note": self.note,
+            "events_learned": sum(s.stats.get("events_learned", 0) for s in self.shards.values()),
+            "shards": [
+                {
+                    "topic": s.shard.topic,
+                    "partition": s.shard.partition,
+                    "next_offset": s.next_offset,
+                }
+                for s in sorted(self.shards.values(), key=lambda s: s.shard)
+            ],
+        }
+
+
+class ReleaseStore:
+    """Releases and pins in Redis, beside the checkpoints of ``checkpoints``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        checkpoints: RedisCheckpointStore,
+        key: bytes,
+        prefix: str = "livelearn",
+        keep: int = 10,
+    ) -> None:
+        if not key:
+            raise ValueError("a signing key is required for releases")
+        self._r = client
+        self._checkpoints = checkpoints
+        self._key = key
+        self._prefix = prefix
+        self._keep = keep
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _release_key(self, model: str, number: int) -> str:
+        return f"{self._prefix}:release:{model}:{number}"
+
+    def _index_key(self, model: str) -> str:
+        return f"{self._prefix}:releases:{model}"
+
+    def _pin_key(self, model: str) -> str:
+        return f"{self._prefix}:pin:{model}"
+
+    def _sign(self, manifest: bytes) -> str:
+        return hmac.new(self._key, manifest, hashlib.sha256).hexdigest()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def create(
+        self,
+        model: str,
+        *,
+        shards: Mapping[ShardId, Checkpoint] | None = None,
+        source: ReleaseSource = "live",
+        note: str = "",
+    ) -> int:
+        """Freeze ``shards`` (default: the model's current checkpoints) as a new release.
+
+        Raises
+        ------
+        ReleaseError
+            When the model has no checkpoint to freeze.
+        """
+        if shards is None:
+            loaded = {s: self._checkpoints.load(s) for s in self._checkpoints.shards(model)}
+            shards = {s: c for s, c in loaded.items() if c is not None}
+        if not shards:
+            raise ReleaseError(f"model {model!r} has no checkpoints to release")
+        number = int(self._r.incr(f"{self._prefix}:release_seq:{model}"))
+        manifest = {
+            "model": model,
+            "number": number,
+            "created_at": time.time(),
+            "source": source,
+            "note": note,
+            "shards": [
+                {
+                    "topic": s.topic,
+                    "partition": s.partition,
+                    "next_offset": c.next_offset,
+                    "stats": c.stats,
+                    "updated_at": c.updated_at,
+                    "sha256": hashlib.sha256(c.blob).hexdigest(),
+                }
+                for s, c in sorted(shards.items())
+            ],
+        }
+        raw = json.dumps(manifest, sort_keys=True).encode()
+        fields: dict[bytes | bytearray | memoryview | str | int | float, Any] = {"manifest": raw, "signature": self._sign(raw)}
+        for s, c in shards.items():
+            fields[f"blob:{s.topic}/{s.partition}"] = c.blob
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._release_key(model, number), mapping=fields)
+        pipe.zadd(self._index_key(model), {str(number): number})
+        pipe.execute()
+        self._prune(model)
+        self._announce(model, {"release": number})
+        return number
+
+    def _prune(self, model: str) -> None:
+        numbers = self.numbers(model)
+        pinned = self.pinned(model)
+        for number in numbers[: max(0, len(numbers) - self._keep)]:
+            if number != pinned:
+                pipe = self._r.pipeline(transaction=True)
+                pipe.delete(self._release_key(model, number))
+                pipe.zrem(self._index_key(model), str(number))
+                pipe.execute()
+
+    def promote(self, model: str, number: int) -> None:
+        """Pin serving to release ``number``."""
+        if not self._r.exists(self._release_key(model, number)):
+            known = ", ".join(map(str, self.numbers(model))) or "none"
+            raise ReleaseError(f"model {model!r} has no release {number} (releases: {known})")
+        self._r.set(self._pin_key(model), str(number))
+        self._announce(model, {"pin": number})
+
+    def rollback(self, model: str) -> int:
+        """Pin the release before the current one (the newest, when following); return it."""
+        numbers = self.numbers(model)
+        pinned = self.pinned(model)
+        earlier = [n for n in numbers if pinned is None or n < pinned]
+        if not earlier:
+            where = f"release {pinned}" if pinned is not None else "the latest checkpoints"
+            raise ReleaseError(f"model {model!r} has no release to roll back to from {where}")
+        self.promote(model, earlier[-1])
+        return earlier[-1]
+
+    def follow(self, model: str) -> None:
+        """Serve the latest checkpoints again."""
+        self._r.delete(self._pin_key(model))
+        self._announce(model, {"pin": None})
+
+    def _announce(self, model: str, message: dict[str, Any]) -> None:
+        self._r.publish(self._checkpoints.channel(model), json.dumps(message))
+
+    # -- reading ----------------------------------------------------------------------
+
+    def numbers(self, model: str) -> list[int]:
+        """The model's release numbers, oldest first."""
+        members: list[bytes] = self._r.zrange(self._index_key(model), 0, -1)  # type: ignore[assignment]
+        return [int(n) for n in members]
+
+    def pinned(self, model: str) -> int | None:
+        """The release serving is pinned to, or None when it follows the latest."""
+        raw = self._r.get(self._pin_key(model))
+        return None if raw is None else int(raw)
+
+    def get(self, model: str, number: int) -> Release:
+        """Release ``number``, its manifest verified (each blob is verified when loaded).
+
+        Raises
+        ------
+        ReleaseError
+            When it does not exist, or its manifest or a blob was altered.
+        """
+        raw: dict[bytes, bytes] = self._r.hgetall(self._release_key(model, number))  # type: ignore[assignment]
+        if not raw:
+            raise ReleaseError(f"model {model!r} has no release {number}")
+        manifest_raw = raw.get(b"manifest", b"")
+        signature = raw.get(b"signature", b"").decode()
+        if not hmac.compare_digest(self._sign(manifest_raw), signature):
+            raise ReleaseError(f"release {number} of {model!r}: manifest signature mismatch")
+        manifest = json.loads(manifest_raw)
+        shards: dict[ShardId, ReleaseShard] = {}
+        for row in manifest["shards"]:
+            shard = ShardId(model, row["topic"], int(row["partition"]))
+            blob = raw.get(f"blob:{shard.topic}/{shard.partition}".encode(), b"")
+            if hashlib.sha256(blob).hexdigest() != row["sha256"]:
+                raise ReleaseError(f"release {number} of {model!r}: blob of {shard} was altered")
+            shards[shard] = ReleaseShard(
+                shard, blob, int(row["next_offset"]), row["stats"], float(row["updated_at"])
+            )
+        return Release(
+            model,
+            number,
+            float(manifest["created_at"]),
+            manifest["source"],
+            manifest.get("note", ""),
+            shards,
+        )
+
+    def latest(self, model: str) -> int | None:
+        """The newest release number, or None."""
+        numbers = self.numbers(model)
+        return numbers[-1] if numbers else None
