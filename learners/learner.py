@@ -70,7 +70,26 @@ class Learner:
         self._model: Any = spec.build_pipeline()
         self._classifier = spec.task != "regression"
         self._names = tuple(spec.metrics)
-        self._metrics = tuple(spec.build_metrics())
+        self.reset_metrics()
+        # River's Classifier.predict_one is max(proba, key=proba.get); when the final step keeps
+        # it, the label is derived from the probabilities already computed, saving a prediction.
+        final = _final_step(self._model)
+        self._label_from_proba = (
+            self._classifier and type(final).predict_one is base.Classifier.predict_one
+        )
+        self._detector: Any = spec.build_drift()
+        self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
+        self._select = spec if spec.include is not None or spec.exclude else None
+        self.events_learned = 0
+        self.events_scored = 0
+        self.drift_detections = 0
+        self.drift_offsets: collections.deque[int] = collections.deque(maxlen=_DRIFT_OFFSETS_KEPT)
+        self.last_offset: int | None = None
+
+    def reset_metrics(self) -> None:
+        """Start the cumulative and rolling metrics afresh; the model, counts and drift
+        detector are kept (a replay from a checkpoint scores only the replayed events)."""
+        self._metrics = tuple(self.spec.build_metrics())
         # Each metric is updated with what progressive_val_score would give it: class
         # probabilities when it does not require labels, else the predicted label.
         self._wants_proba = tuple(
@@ -87,26 +106,12 @@ class Learner:
         # each kind of metric was given: appending to a deque costs ~0.1 us an event where
         # river.utils.Rolling's update-and-revert costs ~3 us, and the values are the same.
         self._label_window: collections.deque[tuple[Any, Any]] = collections.deque(
-            maxlen=spec.rolling_window
+            maxlen=self.spec.rolling_window
         )
         self._proba_window: collections.deque[tuple[Any, Any]] = collections.deque(
-            maxlen=spec.rolling_window
+            maxlen=self.spec.rolling_window
         )
-        # River's Classifier.predict_one is max(proba, key=proba.get); when the final step keeps
-        # it, the label is derived from the probabilities already computed, saving a prediction.
-        final = _final_step(self._model)
-        self._label_from_proba = (
-            self._classifier and type(final).predict_one is base.Classifier.predict_one
-        )
-        self._detector: Any = spec.build_drift()
-        self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
-        self._select = spec if spec.include is not None or spec.exclude else None
         self._evaluated = 0
-        self.events_learned = 0
-        self.events_scored = 0
-        self.drift_detections = 0
-        self.drift_offsets: collections.deque[int] = collections.deque(maxlen=_DRIFT_OFFSETS_KEPT)
-        self.last_offset: int | None = None
 
     def __repr__(self) -> str:
         return (

@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--json", action="store_true")
     ms.set_defaults(func=_cmd_models_show)
 
+    from stream import replay_command
+
+    replay_command.register(sub)
+
     pr = sub.add_parser("produce", help="stream a bundled River data set into a topic")
     pr.add_argument("topic")
     pr.add_argument("--dataset", default="phishing")

@@ -154,7 +154,10 @@ class ReleaseStore:
             ],
         }
         raw = json.dumps(manifest, sort_keys=True).encode()
-        fields: dict[bytes | bytearray | memoryview | str | int | float, Any] = {"manifest": raw, "signature": self._sign(raw)}
+        fields: dict[bytes | bytearray | memoryview | str | int | float, Any] = {
+            "manifest": raw,
+            "signature": self._sign(raw),
+        }
         for s, c in shards.items():
             fields[f"blob:{s.topic}/{s.partition}"] = c.blob
         pipe = self._r.pipeline(transaction=True)

@@ -116,6 +116,7 @@ class Worker:
         metrics: WorkerMetrics,
         *,
         on_progress: Callable[[list[ShardProgress], float], None] | None = None,
+        on_batch: Callable[[Partition, list[Any]], None] | None = None,
     ) -> None:
         if not settings.models:
             raise ValueError("no models configured: add at least one entry under 'models'")
@@ -126,6 +127,7 @@ class Worker:
         self._codec = codec
         self._metrics = metrics
         self._on_progress = on_progress
+        self._on_batch = on_batch
         self._specs_by_topic = topic_specs(settings.models)
         self._sanitizers = {s.name: Sanitizer(s.sanitize, hash_key) for s in settings.models}
         self._decoders = {
@@ -174,6 +176,8 @@ class Worker:
                     part = self._partitions.get(tp)
                     if part is not None and records:
                         self._handle(part, records)
+                        if self._on_batch is not None:
+                            self._on_batch(part, records)
                         self._update_lag(part)
                 self._checkpoint_due(time.monotonic())
                 if now >= next_progress:

@@ -1,0 +1,67 @@
+"""Replay rate against River's own loop on the same events, in one run.
+
+The replay runs the worker's code over manually assigned partitions (no group),
+with the default 200-point metric series and no report rendering. Target: at least 0.8 of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from bench.bench_worker import SPECS, _events, _spec, river_loop
+from learners import SnapshotCodec
+from stream.app import ensure_topics
+from stream.replay import resolve_range, run_replay
+from stream.settings import KafkaSettings, load_settings
+
+
+def replay_rate(bootstrap: str, topic: str, body: dict[str, object], n: int) -> float:
+    """Events per second of an in-process replay of the whole topic from fresh."""
+    spec = _spec("bench", topic, dict(body))
+    settings = load_settings(None, kafka={"bootstrap_servers": bootstrap}, models=[spec])
+    fetch = KafkaSettings()
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
+        fetch_max_bytes=fetch.fetch_max_bytes,
+    )
+    span = resolve_range(consumer, [topic])
+    key = uuid.uuid4().hex.encode()
+    result = run_replay(settings, spec, consumer, span, SnapshotCodec(key), key, progress=False)
+    assert result.report["counts"]["scored"] == n, result.report["counts"]
+    return float(n / result.report["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=40_000)
+    args = parser.parse_args([])
+    bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        from stream import stack
+
+        bootstrap = stack.up().bootstrap_servers
+    values = _events(args.events)
+    topic = f"bench-replay-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, {topic: 1})
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    for v in values:
+        producer.send(topic, v, partition=0)
+    producer.flush()
+    producer.close()
+    print(f"\nreplay rate, {args.events} Phishing events on one partition\n")
+    print(f"{'model':36} {'river loop':>12} {'replay':>12} {'ratio':>6}")
+    for label, body in SPECS.items():
+        a = river_loop(_spec("bench", topic, body), values)
+        r = replay_rate(bootstrap, topic, body, args.events)
+        print(f"{label:36} {a:10.0f}/s {r:10.0f}/s {r / a:6.2f}")
+    print("\ntarget: replay >= 0.8x River's own loop")
+
+
+if __name__ == "__main__":
+    main()

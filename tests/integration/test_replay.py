@@ -1,0 +1,202 @@
+"""Replay on a real Kafka broker and a real Redis server (issue: the replay tool)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from learners import SnapshotCodec
+from stream.replay import load_learner, parse_offsets, resolve_range, run_replay
+from stream.settings import load_settings
+from tests.integration.conftest import (
+    HASH_KEY,
+    SNAPSHOT_KEY,
+    Deployment,
+    encode,
+    phishing_events,
+    produce,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+PROBE = [e["features"] for e in phishing_events(n=50, start=1100)]
+
+
+def _replay(dep: Deployment, **kwargs: Any) -> Any:
+    """Run a replay in-process over the deployment's topic (no group, no commits)."""
+    settings = load_settings(dep.config_path)
+    spec = settings.model(dep.model)
+    consumer = KafkaConsumer(bootstrap_servers=dep.bootstrap, enable_auto_commit=False)
+    span_args = {k: kwargs.pop(k) for k in ("from_ms", "to_ms", "offsets") if k in kwargs}
+    span = resolve_range(consumer, spec.topics, **span_args)
+    return run_replay(
+        settings,
+        spec,
+        consumer,
+        span,
+        SnapshotCodec(SNAPSHOT_KEY.encode()),
+        HASH_KEY.encode(),
+        store=dep.store,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _cli(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "--config",
+            str(dep.config_path),
+            "replay",
+            dep.model,
+            *args,
+        ],
+        env=dep.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _learn_live(dep: Deployment, n: int) -> None:
+    produce(dep.bootstrap, dep.topic, encode(phishing_events(n=n)))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == n, 60, f"{n} events learned live", context=worker.tail)
+    assert worker.terminate() == 0
+
+
+def test_replaying_a_whole_topic_from_fresh_gives_the_live_model(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 600)
+    result = _replay(dep)
+    (checkpoint,) = result.final.values()
+    replayed, live = load_learner(dep.codec, checkpoint.blob), dep.learner()
+    assert replayed.stats()["events_learned"] == live.stats()["events_learned"] == 600
+    for x in PROBE:
+        assert replayed.predict_proba_one(x) == live.predict_proba_one(x)
+    assert result.report["replayed"]["metrics"] == live.stats()["metrics"]
+
+
+def test_a_time_range_selects_exactly_the_events_inside_it(make_topic, deploy) -> None:
+    partitions = 3
+    dep = deploy(make_topic(partitions=partitions))
+    events = phishing_events(n=300)
+    t0 = int(time.time() * 1000) - 86_400_000  # brokers refuse timestamps from the future
+    producer = KafkaProducer(bootstrap_servers=dep.bootstrap, acks="all")
+    for i, e in enumerate(events):
+        producer.send(dep.topic, orjson.dumps(e), partition=i % partitions, timestamp_ms=t0 + i)
+    producer.flush()
+    producer.close()
+    lo, hi = t0 + 61, t0 + 217  # [lo, hi)
+    inside = [i for i in range(len(events)) if lo <= t0 + i < hi]
+    result = _replay(dep, from_ms=lo, to_ms=hi)
+    assert result.report["counts"]["scored"] == len(inside)
+    for p in range(partitions):
+        mine = [i for i in inside if i % partitions == p]
+        shard = result.report["replayed"]["shards"][f"{dep.topic}/{p}"]
+        assert shard["events_learned"] == len(mine)
+        assert shard["next_offset"] == mine[-1] // partitions + 1
+    assert result.report["range"]["partitions"][f"{dep.topic}/0"] == [
+        inside[0] // partitions + (inside[0] % partitions > 0),
+        (hi - t0 + partitions - 1) // partitions,
+    ]
+
+
+def test_offsets_select_a_range_per_partition(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=2))
+    produce(dep.bootstrap, dep.topic, encode(phishing_events(n=200)), partitions=2)
+    result = _replay(dep, offsets=parse_offsets("0:10-60,1:0-5"))
+    shards = result.report["replayed"]["shards"]
+    assert shards[f"{dep.topic}/0"]["events_learned"] == 50
+    assert shards[f"{dep.topic}/1"]["events_learned"] == 5
+
+
+def test_a_replay_leaves_the_live_groups_offsets_alone(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=2))
+    produce(dep.bootstrap, dep.topic, encode(phishing_events(n=200)), partitions=2)
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset(0) == 100 and dep.next_offset(1) == 100, 60, "learned")
+    assert worker.terminate() == 0
+    group = f"g-{dep.model}"
+
+    def committed() -> dict[int, int | None]:
+        consumer = KafkaConsumer(
+            bootstrap_servers=dep.bootstrap, group_id=group, enable_auto_commit=False
+        )
+        try:
+            return {p: consumer.committed(TopicPartition(dep.topic, p)) for p in (0, 1)}
+        finally:
+            consumer.close()
+
+    before = committed()
+    assert before == {0: 100, 1: 100}
+    result = _cli(dep, "--report", str(dep.tmp_path / "r"), "--start", "live")
+    assert result.returncode == 0, result.stderr
+    assert committed() == before
+    checkpoints = {p: dep.store.describe(dep.shard(p)) for p in (0, 1)}
+    assert all(c is not None and c["next_offset"] == 100 for c in checkpoints.values())
+
+
+def test_the_report_json_and_png_match_the_replayed_model(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    values = encode(phishing_events(n=400))
+    values.insert(100, b"{not json")
+    produce(dep.bootstrap, dep.topic, values)
+    folder = dep.tmp_path / "report"
+    result = _cli(dep, "--report", str(folder), "--publish")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((folder / "report.json").read_text())
+    png = (folder / "metrics.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    from PIL import Image
+
+    with Image.open(folder / "metrics.png") as image:
+        image.verify()
+        assert image.size[0] >= 600
+    assert report["counts"] == {"learned": 400, "scored": 400, "invalid": 1}
+    assert report["invalid"][0]["offset"] == 100 and report["invalid"][0]["reason"] == "not_json"
+    assert len(report["replayed"]["series"]) >= 50
+    # The published candidate release holds the replayed model; live shards are untouched.
+    number = report["published_release"]
+    from stream.releases import ReleaseStore
+
+    releases = ReleaseStore(dep.store._r, dep.store, SNAPSHOT_KEY.encode(), f"ll-{dep.model}")
+    release = releases.get(dep.model, number)
+    assert release.source == "replay" and releases.pinned(dep.model) is None
+    (shard,) = release.shards.values()
+    learner = dep.codec.decode(shard.blob)
+    final = learner.stats()["metrics"]
+    for name, value in report["replayed"]["metrics"].items():
+        assert math.isclose(value, final[name], rel_tol=0, abs_tol=1e-12)
+    assert dep.store.describe(dep.shard()) is None  # nothing written over live state
+
+
+def test_compare_live_puts_both_models_in_the_report(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 300)
+    spec_path = dep.tmp_path / "spec.yaml"
+    spec_path.write_text(
+        "topics: [" + dep.topic + "]\ntask: binary\n"
+        "pipeline:\n  - class: tree.HoeffdingTreeClassifier\nmetrics: [Accuracy, LogLoss]\n"
+    )
+    folder = dep.tmp_path / "cmp"
+    result = _cli(dep, "--report", str(folder), "--spec", str(spec_path), "--compare", "live")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((folder / "report.json").read_text())
+    live = report["compare"]["live"]
+    assert live["events_scored"] == report["replayed"]["events_scored"] == 300
+    assert set(live["metrics"]) == {"Accuracy", "LogLoss"} == set(report["replayed"]["metrics"])
+    assert live["metrics"]["Accuracy"] != report["replayed"]["metrics"]["Accuracy"]
+    assert live["series"] and report["replayed"]["series"]
