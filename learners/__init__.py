@@ -12,6 +12,13 @@ from learners._errors import (
     SnapshotRefused,
     SpecError,
 )
+from learners.combine import (
+    combine_proba,
+    combine_values,
+    murmur2,
+    partition_for_key,
+    predicted_class,
+)
 from learners.learner import Learner
 from learners.sanitize import Sanitizer
 from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
@@ -32,4 +39,9 @@ __all__ = [
     "SnapshotRefused",
     "SpecError",
     "Task",
+    "combine_proba",
+    "combine_values",
+    "murmur2",
+    "partition_for_key",
+    "predicted_class",
 ]

@@ -9,11 +9,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from redis.retry import Retry
 
 from learners import SnapshotCodec
 from stream._errors import ServiceUnavailable
@@ -27,16 +29,30 @@ from stream.worker import ShardProgress, Worker
 log = logging.getLogger("livelearn.app")
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client from settings; ServiceUnavailable when it does not answer."""
-    _, url = settings.require_services()
+def redis_client(settings: Settings, retry: Retry | None = None) -> redis.Redis:
+    """A Redis client from settings, not connected yet; ``retry`` replaces redis-py's default.
+
+    Raises
+    ------
+    ConfigError
+        When ``redis.url`` is not set.
+    """
+    url = settings.require_redis_url()
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    client = redis.Redis.from_url(
+    options: dict[str, Any] = {} if retry is None else {"retry": retry}
+    return redis.Redis.from_url(
         url,
         password=password,
         socket_timeout=settings.redis.socket_timeout_s,
         socket_connect_timeout=settings.redis.socket_timeout_s,
+        **options,
     )
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A Redis client from settings; ServiceUnavailable when it does not answer."""
+    url = settings.require_redis_url()
+    client = redis_client(settings)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -196,6 +196,18 @@ class RedisCheckpointStore:
             pipe.hget(self._shard_key(shard), "version")
         return [None if v is None else int(v) for v in pipe.execute()]
 
+    def stamps(self, shards: list[ShardId]) -> list[tuple[int, float] | None]:
+        """Each shard's checkpoint (version, updated_at), None where there is none, in one
+        round trip. The time tells a new checkpoint from an old one of the same version
+        after Redis lost its data and versions started again at 1."""
+        pipe = self._r.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hmget(self._shard_key(shard), ["version", "updated_at"])
+        return [
+            None if version is None else (int(version), float(updated_at or 0.0))
+            for version, updated_at in pipe.execute()
+        ]
+
     def models(self) -> list[str]:
         """Names of the models that have checkpoints."""
         return sorted(m.decode() for m in self._r.smembers(f"{self._prefix}:models"))  # type: ignore[union-attr]

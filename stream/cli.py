@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from stream._errors import StreamError
@@ -73,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("name")
     ms.add_argument("--json", action="store_true")
     ms.set_defaults(func=_cmd_models_show)
+    mr = msub.add_parser("release", help="freeze the model's current shards as a new release")
+    mr.add_argument("name")
+    mr.add_argument("--note", default="", help="a note kept with the release")
+    mr.set_defaults(func=_cmd_models_release)
+    mrs = msub.add_parser("releases", help="the model's releases, and which one is pinned")
+    mrs.add_argument("name")
+    mrs.add_argument("--json", action="store_true")
+    mrs.set_defaults(func=_cmd_models_releases)
+    mp = msub.add_parser("promote", help="pin serving to release N")
+    mp.add_argument("name")
+    mp.add_argument("number", type=int, metavar="N")
+    mp.set_defaults(func=_cmd_models_promote)
+    mb = msub.add_parser("rollback", help="pin serving to the release before the current one")
+    mb.add_argument("name")
+    mb.set_defaults(func=_cmd_models_rollback)
+    mf = msub.add_parser("follow", help="serve the latest checkpoints again (unpin)")
+    mf.add_argument("name")
+    mf.set_defaults(func=_cmd_models_follow)
 
     from stream import replay_command
 
@@ -84,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rate", type=float, default=None, help="events a second (default: unlimited)")
     pr.add_argument("--limit", type=int, default=None)
     pr.set_defaults(func=_cmd_produce)
+
+    sv = sub.add_parser("serve", help="serve predictions over HTTP (serving.host:serving.port)")
+    sv.set_defaults(func=_cmd_serve)
     return p
 
 
@@ -154,6 +178,76 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_store(args: argparse.Namespace) -> Any:
+    from stream.app import connect_redis
+    from stream.checkpoint import RedisCheckpointStore
+    from stream.releases import ReleaseStore
+
+    settings = load_settings(args.config)
+    client = connect_redis(settings)
+    prefix = settings.redis.key_prefix
+    return ReleaseStore(
+        client,
+        RedisCheckpointStore(client, prefix),
+        settings.require_secret("snapshot_key"),
+        prefix,
+        keep=settings.serving.keep_releases,
+    )
+
+
+def _cmd_models_release(args: argparse.Namespace) -> int:
+    print(_release_store(args).create(args.name, note=args.note))
+    return 0
+
+
+def _cmd_models_releases(args: argparse.Namespace) -> int:
+    from stream.releases import ReleaseError
+
+    releases = _release_store(args)
+    pinned = releases.pinned(args.name)
+    rows: list[dict[str, Any]] = []
+    for number in releases.numbers(args.name):
+        try:
+            row = releases.get(args.name, number).summary()
+        except ReleaseError as exc:
+            row = {"model": args.name, "release": number, "error": str(exc)}
+        rows.append({**row, "pinned": number == pinned})
+    if args.json:
+        print(json.dumps({"model": args.name, "pinned": pinned, "releases": rows}, indent=2))
+        return 0
+    serving = f"release {pinned}" if pinned is not None else "the latest checkpoints"
+    print(f"model {args.name}: {len(rows)} release(s), serving {serving}")
+    for row in rows:
+        mark = "*" if row["pinned"] else " "
+        if "error" in row:
+            print(f" {mark}{row['release']:>4}  INVALID: {row['error']}")
+            continue
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created_at"]))
+        note = f"  {row['note']}" if row["note"] else ""
+        print(
+            f" {mark}{row['release']:>4}  {created}  {row['source']:<6}  "
+            f"{len(row['shards'])} shard(s)  {row['events_learned']} learned{note}"
+        )
+    return 0
+
+
+def _cmd_models_promote(args: argparse.Namespace) -> int:
+    _release_store(args).promote(args.name, args.number)
+    print(f"{args.name}: serving release {args.number}")
+    return 0
+
+
+def _cmd_models_rollback(args: argparse.Namespace) -> int:
+    print(_release_store(args).rollback(args.name))
+    return 0
+
+
+def _cmd_models_follow(args: argparse.Namespace) -> int:
+    _release_store(args).follow(args.name)
+    print(f"{args.name}: serving the latest checkpoints")
+    return 0
+
+
 def _cmd_produce(args: argparse.Namespace) -> int:
     from stream.produce import dataset_events, produce_events
 
@@ -164,6 +258,47 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     )
     print(f"sent {sent} events to {args.topic}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.api import create_app
+    from serving.lookup import Lookup
+    from serving.metrics import ServingMetrics
+    from stream._errors import ConfigError
+
+    settings = _settings(args)
+    if not any(t.get_secret_value().strip() for t in settings.serving.tokens):
+        raise ConfigError(
+            "serving.tokens is empty: the API needs at least one bearer token; set "
+            "serving.tokens in the config file or LIVELEARN_SERVING__TOKENS to a JSON list, "
+            "e.g. LIVELEARN_SERVING__TOKENS='[\"<a long random string>\"]'"
+        )
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again to the handler
+    # it found: make that one a clean exit, so the lookup is closed below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+    metrics = ServingMetrics()
+    lookup = Lookup(settings, metrics=metrics)
+    lookup.start()
+    # The loaded models are long-lived: keep the collector from walking them on every
+    # young-generation pass (it was the main source of the prediction latency tail).
+    gc.freeze()
+    try:
+        app = create_app(lookup, settings, metrics)
+        host, port = settings.serving.host, settings.serving.port
+        log.info("serving predictions", extra={"fields": {"url": f"http://{host}:{port}"}})
+        # One worker: the lookup holds the models in this process's memory. Requests are not
+        # logged one by one (uvicorn's access log), and uvicorn logs through our handler.
+        uvicorn.run(app, host=host, port=port, workers=1, log_config=None, access_log=False)
+    finally:
+        lookup.close()
+    return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _with_local_services(args: argparse.Namespace) -> Settings:
@@ -262,9 +397,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         finally:
             probe.close()
         while not proc.worker.stopping:
-            done = {
-                (p.shard.topic, p.shard.partition): p.next_offset for p in proc.worker.progress()
-            }
+            done = {(s.topic, s.partition): n for s, n in proc.worker.positions().items()}
             if all(done.get((tp.topic, tp.partition), -1) >= end for tp, end in ends.items()):
                 proc.worker.stop()
                 return

@@ -164,12 +164,16 @@ class Settings(BaseSettings):
                 "kafka.bootstrap_servers is not set: set it in the config file or "
                 "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS (or start a local stack: livelearn stack up)"
             )
+        return self.kafka.bootstrap_servers, self.require_redis_url()
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or ConfigError naming the setting."""
         if not self.redis.url:
             raise ConfigError(
                 "redis.url is not set: set it in the config file or LIVELEARN_REDIS__URL "
                 "(or start a local stack: livelearn stack up)"
             )
-        return self.kafka.bootstrap_servers, self.redis.url
+        return self.redis.url
 
     def require_secret(self, name: Literal["snapshot_key", "hash_key"]) -> bytes:
         """A security key's bytes, or ConfigError naming the setting."""

@@ -186,8 +186,16 @@ class Worker:
         finally:
             self._shutdown()
 
+    def positions(self) -> dict[ShardId, int]:
+        """Each live shard's next offset; safe to call from another thread."""
+        return {
+            shard.id: shard.next_offset
+            for part in list(self._partitions.values())
+            for shard in list(part.shards)
+        }
+
     def progress(self) -> list[ShardProgress]:
-        """Counts and metrics of every live shard."""
+        """Counts and metrics of every live shard (call it on the worker's thread)."""
         out = []
         for part in list(self._partitions.values()):
             for shard in list(part.shards):

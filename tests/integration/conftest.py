@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from learners import Learner, SnapshotCodec
 from stream.checkpoint import RedisCheckpointStore, ShardId
 
 SNAPSHOT_KEY = "integration-snapshot-key-0123456789"
+API_TOKEN = "t0k3n-integration-0123456789"
 HASH_KEY = "integration-hash-key-0123456789"
 
 LOGREG_PIPELINE = [
@@ -96,6 +98,45 @@ class WorkerHandle:
 
 
 @dataclass
+class ServerHandle:
+    """A ``livelearn serve`` subprocess, its port and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def tail(self) -> str:
+        return "server log (tail):\n" + self.log_path.read_text(errors="replace")[-3000:]
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until /readyz answers 200; fail with the log if the server exits or never does."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"livelearn serve exited with {self.proc.returncode}\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, "the API to be ready", context=self.tail)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@dataclass
 class Deployment:
     """One test's configuration: its model, topic, group and the services."""
 
@@ -108,21 +149,38 @@ class Deployment:
     bootstrap: str
     tmp_path: Path
     workers: list[WorkerHandle]
+    servers: list[ServerHandle] = field(default_factory=list)
+
+    def start_server(self, token: str = API_TOKEN) -> ServerHandle:
+        """Run ``livelearn serve`` on a free port with the deployment's config and ``token``."""
+        port = free_port()
+        log_path = self.tmp_path / f"server-{len(self.servers)}.log"
+        env = {
+            **self.env,
+            "LIVELEARN_SERVING__PORT": str(port),
+            "LIVELEARN_SERVING__TOKENS": json.dumps([token]),
+        }
+        handle = ServerHandle(self._spawn("serve", env, log_path), log_path, port, token)
+        self.servers.append(handle)
+        return handle
 
     def start_worker(self) -> WorkerHandle:
         port = free_port()
         log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
         env = {**self.env, "LIVELEARN_HTTP__PORT": str(port)}
+        handle = WorkerHandle(self._spawn("worker", env, log_path), log_path, port)
+        self.workers.append(handle)
+        return handle
+
+    def _spawn(self, command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        """``livelearn --config <this config> <command>``, its output going to ``log_path``."""
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "--config", str(self.config_path), "worker"],
+            return subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "--config", str(self.config_path), command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        handle = WorkerHandle(proc, log_path, port)
-        self.workers.append(handle)
-        return handle
 
     def shard(self, partition: int = 0) -> ShardId:
         return ShardId(self.model, self.topic, partition)
@@ -198,10 +256,10 @@ def deploy(
 
     yield make
     for dep in made:
-        for w in dep.workers:
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait(timeout=10)
+        for proc in [w.proc for w in dep.workers] + [s.proc for s in dep.servers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def phishing_events(n: int | None = None, start: int = 0) -> list[dict[str, Any]]:

@@ -1,0 +1,461 @@
+"""The prediction API: FastAPI over a `Lookup`.
+
+Routes::
+
+    POST /v1/models/{name}/predict   one event {"features", "key"} or {"events": [...]}
+    GET  /v1/models                  served models: task, release, freshness, events learned
+    GET  /v1/models/{name}           a model's description (shards, offsets, metrics, releases)
+    GET  /healthz                    the process answers
+    GET  /readyz                     the lookup has its models (503 otherwise)
+    GET  /metrics                    Prometheus text
+    GET  /openapi.json               the schema, with the ``bearerAuth`` scheme
+
+Every ``/v1`` route wants ``Authorization: Bearer <token>`` with one of
+``serving.tokens``: none or a malformed header gives 401, an unknown token 403.
+Neither tokens nor features are ever logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving._errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
+from serving.lookup import Lookup, Prediction
+from serving.metrics import ServingMetrics
+from stream.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("livelearn.api")
+
+# Batches up to this size run on the event loop (microseconds each); larger ones go to a
+# thread so one big batch does not hold up every other request.
+_INLINE_BATCH = 32
+# What a River model raises on features it cannot use; the caller's fault, so a 422.
+_MODEL_ERRORS = (TypeError, ValueError, ArithmeticError)
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+_T = TypeVar("_T")
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FeatureValue = StrictBool | StrictInt | FiniteFloat | str | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(_Body):
+    """One event to predict: its features and, for a model routed by key, its key."""
+
+    features: dict[str, FeatureValue]
+    key: str | None = None
+
+
+class Error(BaseModel):
+    """An error answer."""
+
+    detail: str
+
+
+class PredictionOut(BaseModel):
+    """One prediction, with the model version it came from."""
+
+    model: str
+    task: str
+    prediction: StrictBool | StrictInt | float | str | None
+    proba: dict[str, float | None] | None = Field(
+        description="class probabilities, keyed by the class as a string; null for regression"
+    )
+    release: int | None = Field(description="the release served; null when following checkpoints")
+    shards: dict[str, int] = Field(description='"topic/partition" -> next offset covered')
+    freshness_seconds: float | None = Field(description="age of the newest checkpoint used")
+
+
+class Predictions(BaseModel):
+    """Predictions for a batch, in the order of its events."""
+
+    predictions: list[PredictionOut]
+
+
+class ModelSummary(BaseModel):
+    """One served model."""
+
+    model: str
+    task: str
+    loaded: bool = Field(description="whether any shard is loaded (else predictions get 503)")
+    release: int | None
+    freshness_seconds: float | None
+    events_learned: int
+
+
+class ModelList(BaseModel):
+    """The served models."""
+
+    models: list[ModelSummary]
+
+
+class ShardState(BaseModel):
+    """One served shard: the offset it covers, its counts, metrics and drift state."""
+
+    model_config = ConfigDict(extra="allow")
+
+    topic: str
+    partition: int
+    next_offset: int
+    events_learned: int
+    updated_at: float
+
+
+class ModelDescription(BaseModel):
+    """A model's shards, offsets, counts, metrics, drift state, freshness and releases."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    task: str
+    release: int | None = Field(description="the release served; null when following checkpoints")
+    releases: list[int]
+    shards: list[ShardState]
+    freshness_seconds: float | None
+    events_learned: int
+
+
+class Health(BaseModel):
+    """A health or readiness answer; further keys give details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ok: bool
+
+
+_bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False)
+
+
+def _authorize(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Let the request through with one of the app's tokens: 401 without one, 403 if wrong."""
+    if creds is None or not creds.credentials:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    given = creds.credentials.encode()
+    # Compare with every token, so the time taken says nothing about which one was close.
+    matched = False
+    for token in request.app.state.tokens:
+        matched |= hmac.compare_digest(given, token)
+    if not matched:
+        raise HTTPException(403, "token not accepted")
+
+
+def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> FastAPI:
+    """The API application serving ``lookup``.
+
+    Parameters
+    ----------
+    lookup
+        Started lookup client; the app neither starts nor closes it.
+    settings
+        ``serving.tokens`` are the accepted bearer tokens; ``serving.max_batch`` caps a batch.
+    metrics
+        Where requests and their latency are counted (the lookup counts predictions).
+    """
+
+    class Batch(_Body):
+        """Several events, predicted in one call."""
+
+        events: list[Event] = Field(min_length=1, max_length=settings.serving.max_batch)
+
+    def _kind(body: Any) -> str:
+        return "batch" if isinstance(body, dict) and "events" in body else "event"
+
+    PredictBody = Annotated[
+        Annotated[Event, Tag("event")] | Annotated[Batch, Tag("batch")], Discriminator(_kind)
+    ]
+
+    app = FastAPI(
+        title="livelearn prediction API",
+        version="1",
+        description="Predictions from models that keep learning from live events.",
+    )
+    app.state.tokens = [t.get_secret_value().encode() for t in settings.serving.tokens]
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    _add_error_handlers(app)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": Error, "description": "no bearer token, or a malformed header"},
+        403: {"model": Error, "description": "the token is not accepted"},
+    }
+    model_errors: dict[int | str, dict[str, Any]] = {
+        **errors,
+        404: {"model": Error, "description": "no such model"},
+        503: {
+            "model": Error,
+            "description": "the model is not loaded yet",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+    }
+    v1 = [Depends(_authorize)]
+
+    async def predict(name: str, body: Any) -> dict[str, Any]:
+        """Predict one event, or a batch of events in order."""
+        if isinstance(body, Event):
+            return _prediction(_guarded(lookup.predict_one, name, body.features, body.key))
+        rows = [e.features for e in body.events]
+        keys = [e.key for e in body.events]
+        if len(rows) <= _INLINE_BATCH:
+            many = _guarded(lookup.predict_many, name, rows, keys)
+        else:
+            many = await run_in_threadpool(_guarded, lookup.predict_many, name, rows, keys)
+        return {"predictions": [_prediction(p) for p in many]}
+
+    # The body's type is made here (its batch limit is a setting), where FastAPI cannot find
+    # it by evaluating a postponed annotation: hand it the type itself before registering.
+    predict.__annotations__["body"] = PredictBody
+    app.post(
+        "/v1/models/{name}/predict",
+        dependencies=v1,
+        responses=model_errors,
+        response_model=PredictionOut | Predictions,
+        tags=["predictions"],
+    )(predict)
+
+    @app.get("/v1/models", dependencies=v1, responses=errors, tags=["models"])
+    def list_models() -> ModelList:
+        """The served models, with task, release, freshness and events learned."""
+        return ModelList(models=[_summary(m, lookup.describe(m)) for m in lookup.models()])
+
+    @app.get(
+        "/v1/models/{name}",
+        dependencies=v1,
+        responses=model_errors,
+        response_model=ModelDescription,
+        tags=["models"],
+    )
+    def describe_model(name: str) -> dict[str, Any]:
+        """A model's shards, offsets, events learned, metrics, drift, freshness and releases."""
+        described: dict[str, Any] = _finite(lookup.describe(name))
+        return described
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Health:
+        """The process answers."""
+        return Health(ok=True)
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"model": Health, "description": "not ready"}},
+    )
+    def readyz() -> JSONResponse:
+        """Ready when the lookup has loaded its models and Redis answers."""
+        ok, details = lookup.ready()
+        body = _finite({**details, "ok": ok})
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _prediction(p: Prediction) -> dict[str, Any]:
+    proba = None if p.proba is None else {str(k): _number(v) for k, v in p.proba.items()}
+    prediction = p.prediction
+    if isinstance(prediction, float):
+        prediction = _number(prediction)
+    elif not isinstance(prediction, bool | int | str | None):
+        prediction = str(prediction)  # a class label of another type, e.g. numpy's
+    return {
+        "model": p.model,
+        "task": p.task,
+        "prediction": prediction,
+        "proba": proba,
+        "release": p.release,
+        "shards": p.shards,
+        "freshness_seconds": _number(p.freshness_seconds),
+    }
+
+
+def _summary(model: str, described: Mapping[str, Any]) -> ModelSummary:
+    return ModelSummary(
+        model=model,
+        task=described["task"],
+        loaded=bool(described["shards"]),
+        release=described["release"],
+        freshness_seconds=_number(described["freshness_seconds"]),
+        events_learned=described["events_learned"],
+    )
+
+
+def _guarded(call: Callable[..., _T], model: str, *args: Any) -> _T:
+    """``call(model, *args)``, with a model that fails on the features it is given (a string
+    where it subtracts, a number too large for a float) turned into InvalidFeatures."""
+    try:
+        return call(model, *args)
+    except ServingError:
+        raise
+    except _MODEL_ERRORS as exc:
+        # The message may quote a feature value: it goes back to the caller, not to the log.
+        log.warning(
+            "the model could not predict from the features given",
+            extra={"fields": {"model": model, "error": type(exc).__name__}},
+        )
+        raise InvalidFeatures(
+            f"model {model!r} cannot predict from these features: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _number(value: Any) -> float | None:
+    """A float, or None when it is missing or not finite (JSON has no NaN).
+
+    >>> _number(0.25), _number(float("nan")), _number(None)
+    (0.25, None, None)
+    """
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float inside it replaced by None.
+
+    >>> _finite({"a": [1.0, float("inf")], "b": {"c": float("nan")}})
+    {'a': [1.0, None], 'b': {'c': None}}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def unknown_model(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    async def not_loaded(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ModelNotLoaded)
+        retry_after = max(1, math.ceil(exc.retry_after))
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after)}
+        )
+
+    async def invalid_features(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidFeatures)
+        loc = ["body", "features"] if exc.field is None else ["body", "features", exc.field]
+        detail = [{"loc": loc, "msg": str(exc), "type": "invalid_features"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # FastAPI's own answer, less the NaN or infinity a body may carry (JSON has neither).
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI answers 400 to a body it cannot decode (not UTF-8); like any other body
+            # that is not the JSON asked for, it is a 422.
+            msg = "the body is not UTF-8 JSON"
+            detail = [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(UnknownModel, unknown_model)
+    app.add_exception_handler(ModelNotLoaded, not_loaded)
+    app.add_exception_handler(InvalidFeatures, invalid_features)
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _RequestMetrics:
+    """ASGI middleware: counts and times every request by route template, method and status.
+
+    It also answers 500 for an exception no handler took, after logging where it was raised
+    (the exception's type and traceback, not its message, which could quote a feature).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            status = 500
+            log.error(
+                "request failed: %s",
+                type(exc).__name__,
+                extra={
+                    "fields": {
+                        "route": _route(scope),
+                        "method": scope["method"],
+                        "error": type(exc).__name__,
+                        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+                    }
+                },
+            )
+            if not response_started:
+                await JSONResponse({"detail": "internal error"}, status_code=500)(
+                    scope, receive, send
+                )
+        finally:
+            route = _route(scope)
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's template, so that raw paths do not make new label values."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
