@@ -49,10 +49,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a replay from the parsed arguments; print where the report went."""
-    from stream.app import connect_redis
+    from stream.app import connect_redis, ensure_topics
     from stream.checkpoint import RedisCheckpointStore
     from stream.cli import _settings
-    from stream.dlq import KafkaDeadLetterSink
+    from stream.dlq import KafkaDeadLetterSink, dlq_topic
     from stream.releases import ReleaseStore
 
     settings = _settings(args)
@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         to_ms=parse_time(args.to, "--to") if args.to else None,
         offsets=parse_offsets(args.offsets) if args.offsets else None,
     )
-    dlq = KafkaDeadLetterSink(bootstrap, k.dlq_suffix, k.client_id) if args.dlq else None
+    dlq = None
+    if args.dlq:
+        ensure_topics(bootstrap, {dlq_topic(t, k.dlq_suffix): 1 for t in spec.topics})
+        dlq = KafkaDeadLetterSink(bootstrap, k.dlq_suffix, k.client_id)
     try:
         result = run_replay(
             settings,

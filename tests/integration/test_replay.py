@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -200,3 +201,80 @@ def test_compare_live_puts_both_models_in_the_report(make_topic, deploy) -> None
     assert set(live["metrics"]) == {"Accuracy", "LogLoss"} == set(report["replayed"]["metrics"])
     assert live["metrics"]["Accuracy"] != report["replayed"]["metrics"]["Accuracy"]
     assert live["series"] and report["replayed"]["series"]
+
+
+def test_start_from_a_release_and_send_invalid_events_to_the_dlq(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    values = encode(phishing_events(n=300))
+    values.insert(250, b'{"id": "x", "features": [1]}')
+    produce(dep.bootstrap, dep.topic, values)
+    first = _cli(dep, "--report", str(dep.tmp_path / "a"), "--offsets", "0:0-200", "--publish")
+    assert first.returncode == 0, first.stderr
+    number = json.loads((dep.tmp_path / "a" / "report.json").read_text())["published_release"]
+    second = _cli(
+        dep,
+        "--report",
+        str(dep.tmp_path / "b"),
+        "--offsets",
+        "0:200-301",
+        "--start",
+        f"release:{number}",
+        "--dlq",
+    )
+    assert second.returncode == 0, second.stderr
+    report = json.loads((dep.tmp_path / "b" / "report.json").read_text())
+    assert report["start"] == f"release:{number}"
+    assert report["counts"] == {"learned": 100, "scored": 100, "invalid": 1}
+    # The same model as one replay over everything: the release carried the first 200.
+    whole = _replay(dep)
+    (final,) = whole.final.values()
+    assert load_learner(dep.codec, final.blob).stats()["events_learned"] == 300
+    from stream.dlq import read_headers
+    from tests.integration.conftest import read_all
+
+    (dead,) = read_all(dep.bootstrap, f"{dep.topic}.dlq")
+    assert read_headers(dead.headers)["source.offset"] == "250"
+
+
+def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(make_topic, deploy) -> None:
+    dep = deploy(
+        make_topic(partitions=1),
+        pipeline=[{"class": "tree.HoeffdingTreeClassifier"}],
+        metrics=["Accuracy"],
+    )
+    events = phishing_events()
+    produce(dep.bootstrap, dep.topic, encode(events * 16))
+    folder = dep.tmp_path / "partial"
+    log = dep.tmp_path / "replay.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stream.cli",
+                "--config",
+                str(dep.config_path),
+                "replay",
+                dep.model,
+                "--report",
+                str(folder),
+            ],
+            env=dep.env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    # The first progress line comes with the first events replayed.
+    wait_for(
+        lambda: "replay progress" in log.read_text() or proc.poll() is not None,
+        30,
+        "the replay to start",
+    )
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C does
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, log.read_text()[-2000:]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["interrupted"] is True
+    assert 0 < report["counts"]["scored"] < len(events) * 16
+    assert (folder / "metrics.png").stat().st_size > 0
+    assert "partial" in out
