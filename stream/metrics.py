@@ -28,7 +28,7 @@ class WorkerMetrics:
         )
         self.learn_seconds = Histogram(
             "livelearn_learn_seconds",
-            "Time to predict, score and learn one event (sampled 1 in 16).",
+            "Time to predict, score and learn one event (the first of each poll batch).",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
