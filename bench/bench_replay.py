@@ -7,14 +7,12 @@ with the default 200-point metric series and no report rendering. Target: at lea
 from __future__ import annotations
 
 import argparse
-import os
 import uuid
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 
-from bench.bench_worker import SPECS, _events, _spec, river_loop
+from bench.bench_worker import SPECS, _events, _spec, river_loop, services, topic_with
 from learners import SnapshotCodec
-from stream.app import ensure_topics
 from stream.replay import resolve_range, run_replay
 from stream.settings import KafkaSettings, load_settings
 
@@ -41,19 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=40_000)
     args = parser.parse_args([])
-    bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        from stream import stack
-
-        bootstrap = stack.up().bootstrap_servers
+    bootstrap, _ = services()
     values = _events(args.events)
-    topic = f"bench-replay-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 1})
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for v in values:
-        producer.send(topic, v, partition=0)
-    producer.flush()
-    producer.close()
+    topic = topic_with(bootstrap, values)
     print(f"\nreplay rate, {args.events} Phishing events on one partition\n")
     print(f"{'model':36} {'river loop':>12} {'replay':>12} {'ratio':>6}")
     for label, body in SPECS.items():

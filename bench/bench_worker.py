@@ -56,6 +56,30 @@ def _spec(name: str, topic: str, body: dict[str, Any]) -> ModelSpec:
     return ModelSpec.model_validate({"name": name, "topics": [topic], **body})
 
 
+def services() -> tuple[str, str]:
+    """Kafka and Redis from the environment, else the local stack (started if needed)."""
+    bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("LIVELEARN_REDIS__URL")
+    if not bootstrap or not redis_url:
+        from stream import stack
+
+        info = stack.up()
+        bootstrap, redis_url = info.bootstrap_servers, info.redis_url
+    return bootstrap, redis_url
+
+
+def topic_with(bootstrap: str, values: list[bytes]) -> str:
+    """A new one-partition topic holding ``values``."""
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, {topic: 1})
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    for v in values:
+        producer.send(topic, v, partition=0)
+    producer.flush()
+    producer.close()
+    return topic
+
+
 def river_loop(spec: ModelSpec, values: list[bytes]) -> float:
     """(a) River's own loop on events already decoded in memory; events/s."""
     data = [orjson.loads(v) for v in values]
@@ -144,21 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=40_000)
     args = parser.parse_args()
-    bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
-    redis_url = os.environ.get("LIVELEARN_REDIS__URL")
-    if not bootstrap or not redis_url:
-        from stream import stack
-
-        info = stack.up()
-        bootstrap, redis_url = info.bootstrap_servers, info.redis_url
+    bootstrap, redis_url = services()
     values = _events(args.events)
-    topic = f"bench-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 1})
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for v in values:
-        producer.send(topic, v, partition=0)
-    producer.flush()
-    producer.close()
+    topic = topic_with(bootstrap, values)
     print(f"worker throughput, {args.events} Phishing events on one partition\n")
     print(
         f"{'model':36} {'(a) river':>12} {'(b) consumer':>13} "
