@@ -21,10 +21,11 @@ from learners import SnapshotCodec
 from stream._errors import ServiceUnavailable
 from stream.checkpoint import RedisCheckpointStore
 from stream.dlq import KafkaDeadLetterSink, dlq_topic
+from stream.fetcher import ProcessConsumer
 from stream.health import HealthServer
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.worker import ShardProgress, Worker
+from stream.worker import Consumer, ShardProgress, Worker
 
 log = logging.getLogger("livelearn.app")
 
@@ -175,24 +176,30 @@ def build_worker(
     ensure_topics(bootstrap, {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in topics})
     k = settings.kafka
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=k.group_id,
-            client_id=k.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset=k.auto_offset_reset,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms,
-            max_poll_records=k.max_poll_records,
-            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
-            fetch_max_bytes=k.fetch_max_bytes,
-            metadata_max_age_ms=k.metadata_max_age_ms,
-        )
-        # Load the topics' metadata before joining, so the first assignment covers
-        # topics created just before start-up.
-        for topic in present:
-            consumer.partitions_for_topic(topic)
+        config = {
+            "bootstrap_servers": bootstrap,
+            "group_id": k.group_id,
+            "client_id": k.client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": k.auto_offset_reset,
+            "session_timeout_ms": k.session_timeout_ms,
+            "heartbeat_interval_ms": k.heartbeat_interval_ms,
+            "max_poll_interval_ms": k.max_poll_interval_ms,
+            "max_poll_records": k.max_poll_records,
+            "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
+            "fetch_max_bytes": k.fetch_max_bytes,
+            "metadata_max_age_ms": k.metadata_max_age_ms,
+        }
+        consumer: Consumer
+        if k.fetch_in_child:
+            consumer = ProcessConsumer(config, k.poll_timeout_ms)
+        else:
+            local = KafkaConsumer(**config)
+            # Load the topics' metadata before joining, so the first assignment covers
+            # topics created just before start-up.
+            for topic in present:
+                local.partitions_for_topic(topic)
+            consumer = local
     except KafkaError as exc:
         raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
     metrics = WorkerMetrics()

@@ -58,6 +58,10 @@ class KafkaSettings(_Section):
     # How soon a worker sees new partitions or a topic created after it started;
     # one metadata request per period is cheap.
     metadata_max_age_ms: int = Field(10_000, ge=1_000)
+    # Run the Kafka consumer (fetching, record parsing, group membership) in a child
+    # process, so it uses a second core instead of the learning thread's time.
+    # Turn it off where a worker has a single core.
+    fetch_in_child: bool = True
 
 
 class RedisSettings(_Section):

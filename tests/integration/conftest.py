@@ -229,8 +229,9 @@ def deploy(
             "redis": {"key_prefix": f"ll-{name}"},
             "log": {"format": "json", "level": "INFO", "progress_seconds": 2},
             "models": [spec],
-            **(settings or {}),
         }
+        for section, values in (settings or {}).items():  # merged into the defaults above
+            config[section] = {**config.get(section, {}), **values}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         env = {

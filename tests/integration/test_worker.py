@@ -55,9 +55,10 @@ def _assert_same_predictions(model_a: Any, model_b: Any) -> None:
             assert math.isclose(pa[k], pb[k], rel_tol=0, abs_tol=1e-12), (x, pa, pb)
 
 
-def test_one_partition_equals_rivers_own_loop(make_topic, deploy) -> None:
+@pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
+def test_one_partition_equals_rivers_own_loop(make_topic, deploy, fetch_in_child) -> None:
     topic = make_topic(partitions=1)
-    dep = deploy(topic)
+    dep = deploy(topic, settings={"kafka": {"fetch_in_child": fetch_in_child}})
     events = phishing_events(n=1000)
     produce(dep.bootstrap, topic, encode(events))
     worker = dep.start_worker()
@@ -72,9 +73,16 @@ def test_one_partition_equals_rivers_own_loop(make_topic, deploy) -> None:
     _assert_same_predictions(learner.model, reference)
 
 
-def test_sigkill_at_several_points_learns_every_event_once(make_topic, deploy) -> None:
+@pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
+def test_sigkill_at_several_points_learns_every_event_once(
+    make_topic, deploy, fetch_in_child
+) -> None:
     topic = make_topic(partitions=1)
-    dep = deploy(topic, checkpoint={"every_events": 37, "every_seconds": 0.3})
+    dep = deploy(
+        topic,
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+        settings={"kafka": {"fetch_in_child": fetch_in_child}},
+    )
     events = phishing_events(n=1000)
     producer = threading.Thread(
         target=produce, args=(dep.bootstrap, topic, encode(events)), kwargs={"rate": 150}
@@ -97,6 +105,9 @@ def test_sigkill_at_several_points_learns_every_event_once(make_topic, deploy) -
     _assert_same_predictions(learner.model, reference)
     assert math.isclose(learner.stats()["metrics"]["Accuracy"], ref_metrics["Accuracy"])
     assert "shard restored" in worker.log()
+    # Nothing outlives a killed worker: its fetch process left with it.
+    fetchers = subprocess.run(["pgrep", "-f", "stream.fetcher"], capture_output=True, text=True)
+    assert fetchers.stdout.strip() == "", fetchers.stdout
 
 
 def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) -> None:
