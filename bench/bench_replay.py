@@ -13,21 +13,19 @@ from kafka import KafkaConsumer
 
 from bench.bench_worker import SPECS, _events, _spec, river_loop, services, topic_with
 from learners import SnapshotCodec
-from stream.replay import resolve_range, run_replay
-from stream.settings import KafkaSettings, load_settings
+from stream.replay import replay_consumer_config, resolve_range, run_replay
+from stream.settings import load_settings
 
 
-def replay_rate(bootstrap: str, topic: str, body: dict[str, object], n: int) -> float:
-    """Events per second of an in-process replay of the whole topic from fresh."""
+def replay_rate(
+    bootstrap: str, redis_url: str, topic: str, body: dict[str, object], n: int
+) -> float:
+    """Events per second of a replay of the whole topic from fresh, start-up included."""
     spec = _spec("bench", topic, dict(body))
-    settings = load_settings(None, kafka={"bootstrap_servers": bootstrap}, models=[spec])
-    fetch = KafkaSettings()
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
-        fetch_max_bytes=fetch.fetch_max_bytes,
+    settings = load_settings(
+        None, kafka={"bootstrap_servers": bootstrap}, redis={"url": redis_url}, models=[spec]
     )
+    consumer = KafkaConsumer(**replay_consumer_config(settings))
     span = resolve_range(consumer, [topic])
     key = uuid.uuid4().hex.encode()
     result = run_replay(settings, spec, consumer, span, SnapshotCodec(key), key, progress=False)
@@ -39,14 +37,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=40_000)
     args = parser.parse_args([])
-    bootstrap, _ = services()
+    bootstrap, redis_url = services()
     values = _events(args.events)
     topic = topic_with(bootstrap, values)
     print(f"\nreplay rate, {args.events} Phishing events on one partition\n")
     print(f"{'model':36} {'river loop':>12} {'replay':>12} {'ratio':>6}")
     for label, body in SPECS.items():
         a = river_loop(_spec("bench", topic, body), values)
-        r = replay_rate(bootstrap, topic, body, args.events)
+        r = replay_rate(bootstrap, redis_url, topic, body, args.events)
         print(f"{label:36} {a:10.0f}/s {r:10.0f}/s {r / a:6.2f}")
     print("\ntarget: replay >= 0.8x River's own loop")
 

@@ -9,6 +9,7 @@ candidate release, never over the live shards.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -150,11 +151,14 @@ def resolve_range(
 class ReplaySource:
     """The worker's ``Consumer``: assigned partitions, bounded ranges, no group, no commits."""
 
-    def __init__(self, consumer: KafkaConsumer, span: ReplayRange, chunk: int) -> None:
-        self._consumer = consumer
+    def __init__(self, consumer: Any, span: ReplayRange, chunk: int) -> None:
+        self._consumer = consumer  # a KafkaConsumer, or a ProcessConsumer in a child process
         self._span = span
         self._chunk = chunk
         self._done: set[TopicPartition] = {tp for tp, (s, e) in span.offsets.items() if s >= e}
+        # Fetched records, handed to the worker a chunk at a time: a chunk is one point
+        # of the metric series.
+        self._pending: collections.deque[tuple[TopicPartition, list[Any]]] = collections.deque()
         self.finished: Callable[[], None] = lambda: None
 
     def subscribe(self, topics: Sequence[str], listener: Any) -> None:
@@ -167,11 +171,18 @@ class ReplaySource:
             self._consumer.pause(*self._done)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
-        if len(self._done) == len(self._span.offsets):
-            self.finished()
-            return {}
-        out: dict[Any, list[Any]] = {}
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._chunk)
+        if not self._pending:
+            if len(self._done) == len(self._span.offsets):
+                self.finished()
+                return {}
+            self._fetch(timeout_ms)
+            if not self._pending:
+                return {}
+        tp, chunk = self._pending.popleft()
+        return {tp: chunk}
+
+    def _fetch(self, timeout_ms: int) -> None:
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
         lo, hi = self._span.from_ms, self._span.to_ms
         for tp, records in batches.items():
             end = self._span.offsets[tp][1]
@@ -185,9 +196,8 @@ class ReplaySource:
             if records and records[-1].offset >= end - 1:
                 self._done.add(tp)
                 self._consumer.pause(tp)
-            if kept:
-                out[tp] = kept
-        return out
+            for i in range(0, len(kept), self._chunk):
+                self._pending.append((tp, kept[i : i + self._chunk]))
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(partition, max(offset, self._span.offsets[partition][0]))
@@ -624,6 +634,20 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def replay_consumer_config(settings: Settings) -> dict[str, Any]:
+    """``KafkaConsumer`` settings for a replay: no group, so live groups are untouched."""
+    k = settings.kafka
+    return {
+        "bootstrap_servers": settings.require_services()[0],
+        "group_id": None,
+        "enable_auto_commit": False,
+        "client_id": f"{k.client_id}-replay",
+        "max_poll_records": k.max_poll_records,
+        "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
+        "fetch_max_bytes": k.fetch_max_bytes,
+    }
 
 
 def publish(
