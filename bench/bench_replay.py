@@ -35,7 +35,7 @@ def replay_rate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args([])
     bootstrap, redis_url = services()
     values = _events(args.events)

@@ -134,11 +134,11 @@ def livelearn_worker(
     topic: str,
     body: dict[str, Any],
     n: int,
-    fetch_in_child: bool = False,
+    fetch_in_child: bool = KafkaSettings().fetch_in_child,
 ) -> float:
     """(c) the livelearn worker end to end, default checkpoint cadence; events/s.
 
-    ``fetch_in_child`` gives (d): the same with the Kafka consumer in a child process.
+    ``fetch_in_child=False`` gives (c1): the worker with its Kafka consumer on its own thread.
     """
     name = f"bench-{uuid.uuid4().hex[:8]}"
     os.environ.setdefault("LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2)
@@ -174,8 +174,8 @@ def livelearn_worker(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=40_000)
-    args = parser.parse_args()
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args([])
     bootstrap, redis_url = services()
     values = _events(args.events)
     topic = topic_with(bootstrap, values)
