@@ -120,6 +120,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from stream.app import build_worker
 
+    # A stop asked for while starting up leaves at once: nothing is learned yet. Once the
+    # worker runs, its own handlers take over and stop it after a final checkpoint.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     settings = _settings(args)
     build_worker(settings).run()
     return 0

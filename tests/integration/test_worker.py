@@ -122,12 +122,19 @@ def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) 
     )
     producer.start()
     first, second = dep.start_worker(), dep.start_worker()
+
+    def both_own_shards() -> bool:
+        return all(
+            "shard started fresh" in w.log() or "shard restored" in w.log() for w in (first, second)
+        )
+
+    wait_for(both_own_shards, 90, "both workers to own shards", context=first.tail)
     wait_for(
         lambda: sum(max(dep.next_offset(p), 0) for p in range(partitions)) >= 400,
         90,
         "both workers to learn",
     )
-    assert first.terminate() == 0
+    assert first.terminate() == 0, first.tail()
     producer.join()
     per_partition = len(events) // partitions
     wait_for(
