@@ -40,6 +40,7 @@ import yaml
 from kafka import KafkaProducer
 from river import datasets
 
+from bench.bench_worker import services
 from stream.app import ensure_topics
 from stream.checkpoint import RedisCheckpointStore, ShardId
 
@@ -162,17 +163,6 @@ def run_load(
 # -- the system under test ------------------------------------------------------------------
 
 
-def _services() -> tuple[str, str]:
-    bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
-    redis_url = os.environ.get("LIVELEARN_REDIS__URL")
-    if not bootstrap or not redis_url:
-        from stream import stack
-
-        info = stack.up()
-        bootstrap, redis_url = info.bootstrap_servers, info.redis_url
-    return bootstrap, redis_url
-
-
 def _free_port() -> int:
     import socket
 
@@ -269,7 +259,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=25)
     args = parser.parse_args()
-    bootstrap, redis_url = _services()
+    bootstrap, redis_url = services()
     name = f"bench-api-{uuid.uuid4().hex[:8]}"
     topic = name
     ensure_topics(bootstrap, {topic: 1})

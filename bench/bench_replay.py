@@ -6,7 +6,6 @@ with the default 200-point metric series and no report rendering. Target: at lea
 
 from __future__ import annotations
 
-import argparse
 import uuid
 
 from kafka import KafkaConsumer
@@ -33,18 +32,15 @@ def replay_rate(
     return float(n / result.report["seconds"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    args = parser.parse_args([])
+def main(events: int = 100_000) -> None:
     bootstrap, redis_url = services()
-    values = _events(args.events)
+    values = _events(events)
     topic = topic_with(bootstrap, values)
-    print(f"\nreplay rate, {args.events} Phishing events on one partition\n")
+    print(f"\nreplay rate, {events} Phishing events on one partition\n")
     print(f"{'model':36} {'river loop':>12} {'replay':>12} {'ratio':>6}")
     for label, body in SPECS.items():
         a = river_loop(_spec("bench", topic, body), values)
-        r = replay_rate(bootstrap, redis_url, topic, body, args.events)
+        r = replay_rate(bootstrap, redis_url, topic, body, events)
         print(f"{label:36} {a:10.0f}/s {r:10.0f}/s {r / a:6.2f}")
     print("\ntarget: replay >= 0.8x River's own loop")
 

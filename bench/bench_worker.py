@@ -11,7 +11,6 @@ and start-up are left out of all three alike. Target: c/a ≥ 0.8.
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -172,14 +171,11 @@ def livelearn_worker(
     return n / (marks["last"] - marks["first"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    args = parser.parse_args([])
+def main(events: int = 100_000) -> None:
     bootstrap, redis_url = services()
-    values = _events(args.events)
+    values = _events(events)
     topic = topic_with(bootstrap, values)
-    print(f"worker throughput, {args.events} Phishing events on one partition\n")
+    print(f"worker throughput, {events} Phishing events on one partition\n")
     print(
         f"{'model':36} {'(a) river':>12} {'(b) consumer':>13} {'(c) worker':>12} "
         f"{'c/a':>6} {'c/b':>6} {'(c1) 1 process':>15} {'c1/a':>6}"
@@ -188,9 +184,9 @@ def main() -> None:
     for label, body in SPECS.items():
         spec = _spec("bench", topic, body)
         a = river_loop(spec, values)
-        b = plain_consumer(bootstrap, topic, spec, args.events)
-        c = livelearn_worker(bootstrap, redis_url, topic, body, args.events)
-        c1 = livelearn_worker(bootstrap, redis_url, topic, body, args.events, False)
+        b = plain_consumer(bootstrap, topic, spec, events)
+        c = livelearn_worker(bootstrap, redis_url, topic, body, events)
+        c1 = livelearn_worker(bootstrap, redis_url, topic, body, events, False)
         print(
             f"{label:36} {a:10.0f}/s {b:11.0f}/s {c:10.0f}/s {c / a:6.2f} {c / b:6.2f} "
             f"{c1:13.0f}/s {c1 / a:6.2f}"
