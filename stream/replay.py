@@ -198,6 +198,12 @@ class ReplaySource:
                 self._consumer.pause(tp)
             for i in range(0, len(kept), self._chunk):
                 self._pending.append((tp, kept[i : i + self._chunk]))
+        # A range may end in offsets that hold no record (transaction markers, compacted
+        # records): the position, not the last record seen, says a partition is done.
+        for tp, (_, end) in self._span.offsets.items():
+            if tp not in self._done and self._consumer.position(tp) >= end:
+                self._done.add(tp)
+                self._consumer.pause(tp)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(partition, max(offset, self._span.offsets[partition][0]))

@@ -278,3 +278,17 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(make_topic, deploy) ->
     assert 0 < report["counts"]["scored"] < len(events) * 16
     assert (folder / "metrics.png").stat().st_size > 0
     assert "partial" in out
+
+
+def test_a_range_ending_in_a_transaction_marker_finishes(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    producer = KafkaProducer(bootstrap_servers=dep.bootstrap, transactional_id=f"tx-{dep.model}")
+    producer.init_transactions()
+    producer.begin_transaction()
+    for value in encode(phishing_events(n=50)):
+        producer.send(dep.topic, value)
+    producer.commit_transaction()  # the commit marker takes the last offset: 50 records, end 51
+    producer.close()
+    result = _replay(dep)
+    assert result.report["range"]["partitions"][f"{dep.topic}/0"] == [0, 51]
+    assert result.report["counts"] == {"learned": 50, "scored": 50, "invalid": 0}
