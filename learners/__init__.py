@@ -13,6 +13,7 @@ from learners._errors import (
     SpecError,
 )
 from learners.combine import (
+    combine_metrics,
     combine_proba,
     combine_values,
     murmur2,
@@ -39,6 +40,7 @@ __all__ = [
     "SnapshotRefused",
     "SpecError",
     "Task",
+    "combine_metrics",
     "combine_proba",
     "combine_values",
     "murmur2",

@@ -85,6 +85,26 @@ def combine_values(parts: Sequence[tuple[float | None, float]]) -> float | None:
     return sum(value * weight for value, weight in used) / total
 
 
+def combine_metrics(
+    parts: Sequence[tuple[Mapping[str, float | None], float]],
+) -> dict[str, float | None]:
+    """Return each metric's mean over the parts weighted by their weights (events learned).
+
+    A metric is None where no part with weight has a value for it.
+
+    Examples
+    --------
+    >>> combine_metrics([({"Accuracy": 0.5}, 1), ({"Accuracy": 1.0, "F1": None}, 3)])
+    {'Accuracy': 0.875, 'F1': None}
+
+    """
+    names = dict.fromkeys(name for values, _ in parts for name in values)
+    return {
+        name: combine_values([(values.get(name), weight) for values, weight in parts])
+        for name in names
+    }
+
+
 def _order_key(label: Any) -> tuple[str, Any]:
     return (type(label).__name__, label)
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from learners import Learner, ModelSpec, SnapshotCodec
+from learners import Learner, ModelSpec, SnapshotCodec, combine_metrics
 from stream._errors import ConfigError, InvalidEvent, StaleEpochError
 from stream.checkpoint import Checkpoint, RedisCheckpointStore, ShardId
 from stream.decode import parse_timestamp
@@ -578,16 +578,7 @@ def _report(
 
 def _weighted(rows: Any, key: str) -> dict[str, float | None]:
     """Metric values over shards, weighted by events learned."""
-    totals: dict[str, tuple[float, int]] = {}
-    for row in rows:
-        weight = row.stats.get("events_learned", 0)
-        for name, value in row.stats.get(key, {}).items():
-            total, seen = totals.get(name, (0.0, 0))
-            if value is not None:
-                totals[name] = (total + value * weight, seen + weight)
-            else:
-                totals.setdefault(name, (total, seen))
-    return {name: (t / w if w else None) for name, (t, w) in totals.items()}
+    return combine_metrics([(r.stats.get(key, {}), r.stats.get("events_learned", 0)) for r in rows])
 
 
 # -- the report folder --------------------------------------------------------------

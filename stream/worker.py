@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from learners import Learner, ModelSpec, Sanitizer, SnapshotCodec, SnapshotError
+from learners import Learner, ModelSpec, Sanitizer, SnapshotCodec, SnapshotError, combine_metrics
 from stream._errors import InvalidEvent, StaleEpochError
 from stream.checkpoint import CheckpointStore, ShardId
 from stream.decode import EventDecoder
@@ -558,20 +558,20 @@ class Worker:
 
 def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
     """Per model: events learned and the primary metric, weighted by events learned."""
-    out: dict[str, dict[str, Any]] = {}
+    by_model: dict[str, list[ShardProgress]] = {}
     for p in progress:
-        row = out.setdefault(p.shard.model, {"events_learned": 0, "shards": 0, "_w": {}, "_r": {}})
-        row["events_learned"] += p.events_learned
-        row["shards"] += 1
-        for acc, values in ((row["_w"], p.metrics), (row["_r"], p.rolling_metrics)):
-            for name, value in values.items():
-                if value is not None:
-                    total, weight = acc.get(name, (0.0, 0))
-                    acc[name] = (total + value * p.events_learned, weight + p.events_learned)
-    for row in out.values():
-        row["metrics"] = {k: (t / w if w else None) for k, (t, w) in row.pop("_w").items()}
-        row["rolling_metrics"] = {k: (t / w if w else None) for k, (t, w) in row.pop("_r").items()}
-    return out
+        by_model.setdefault(p.shard.model, []).append(p)
+    return {
+        model: {
+            "events_learned": sum(p.events_learned for p in shards),
+            "shards": len(shards),
+            "metrics": combine_metrics([(p.metrics, p.events_learned) for p in shards]),
+            "rolling_metrics": combine_metrics(
+                [(p.rolling_metrics, p.events_learned) for p in shards]
+            ),
+        }
+        for model, shards in by_model.items()
+    }
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
