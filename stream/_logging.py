@@ -10,9 +10,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stream.settings import LogSettings
+if TYPE_CHECKING:
+    from stream.settings import LogSettings
 
 
 class JsonFormatter(logging.Formatter):

@@ -14,11 +14,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream._errors import StreamError
 from stream._logging import setup_logging
-from stream.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 log = logging.getLogger("livelearn")
 
@@ -27,9 +29,14 @@ STACK_DIR = Path(os.environ.get("LIVELEARN_STACK_DIR", ".stack"))
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``livelearn`` console script."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    # Until a command installs its own handlers (a worker stops after a final checkpoint),
+    # a stop leaves at once: nothing has started yet. The heavy imports come after this.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _exit_cleanly) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        parser = _parser()
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except StreamError as exc:
         print(f"livelearn: {exc}", file=sys.stderr)
@@ -37,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # learners.SpecError and friends from settings
         print(f"livelearn: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,8 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load(args: argparse.Namespace) -> Settings:
+    from stream.settings import load_settings
+
+    return load_settings(args.config)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+    settings = _load(args)
     setup_logging(settings.log)
     return settings
 
@@ -120,10 +136,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from stream.app import build_worker
 
-    # A stop asked for while starting up leaves at once: nothing is learned yet. Once the
-    # worker runs, its own handlers take over and stop it after a final checkpoint.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
     settings = _settings(args)
     build_worker(settings).run()
     return 0
@@ -151,7 +163,7 @@ def _store(args: argparse.Namespace) -> Any:
     from stream.app import connect_redis
     from stream.checkpoint import RedisCheckpointStore
 
-    settings = load_settings(args.config)
+    settings = _load(args)
     return RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
 
 
@@ -187,7 +199,7 @@ def _release_store(args: argparse.Namespace) -> Any:
     from stream.checkpoint import RedisCheckpointStore
     from stream.releases import ReleaseStore
 
-    settings = load_settings(args.config)
+    settings = _load(args)
     client = connect_redis(settings)
     prefix = settings.redis.key_prefix
     return ReleaseStore(
@@ -255,7 +267,7 @@ def _cmd_models_follow(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from stream.produce import dataset_events, produce_events
 
-    settings = load_settings(args.config)
+    settings = _load(args)
     bootstrap, _ = settings.require_services()
     sent = produce_events(
         bootstrap, args.topic, dataset_events(args.dataset), rate=args.rate, limit=args.limit
@@ -307,7 +319,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 def _with_local_services(args: argparse.Namespace) -> Settings:
     """Settings, starting the local stack and dev keys when none are configured."""
-    settings = load_settings(args.config)
+    settings = _load(args)
     if not settings.kafka.bootstrap_servers or not settings.redis.url:
         from stream import stack
 
@@ -319,7 +331,7 @@ def _with_local_services(args: argparse.Namespace) -> Settings:
         for name, value in _dev_keys().items():
             os.environ.setdefault(name, value)
         print(f"using development keys from {STACK_DIR / 'dev-keys.json'} (set the real ones!)")
-    return load_settings(args.config)
+    return _load(args)
 
 
 def _dev_keys() -> dict[str, str]:

@@ -361,3 +361,11 @@ def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
         check=True,
     )
     assert f"{dep.model}: 2 shard(s), 100 learned" in listed.stdout
+
+
+@pytest.mark.parametrize("after", [0.5, 1.5], ids=["while-importing", "while-connecting"])
+def test_sigterm_during_start_up_exits_zero(make_topic, deploy, after) -> None:
+    dep = deploy(make_topic(partitions=1))
+    worker = dep.start_worker()
+    threading.Event().wait(after)
+    assert worker.terminate() == 0, worker.tail()
