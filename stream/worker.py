@@ -577,8 +577,9 @@ def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Checkpoint on revoke; claim, restore and seek on assignment.
 
-    kafka-python calls these on its IO thread while the worker's thread is blocked
-    in ``poll()``, so they never run concurrently with the event loop.
+    They run inside ``poll()``: kafka-python calls them on its IO thread while the
+    worker's thread waits in ``poll()``, and ``ProcessConsumer`` on the worker's thread
+    itself, so they never run concurrently with the event loop.
     """
 
     def __init__(self, worker: Worker) -> None:
