@@ -375,9 +375,10 @@ class Worker:
     def _commit(self, parts: Iterable[Partition], wait: bool = False) -> None:
         """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth).
 
-        In the loop the commit is asynchronous: a synchronous one costs a broker
-        round trip (~20 ms measured), as much as learning 1000 linear-model events.
-        On revoke and shutdown it waits, so the group sees the final offsets.
+        In the loop and on revoke the commit is asynchronous: a synchronous one costs a
+        broker round trip (~20 ms measured), as much as learning 1000 linear-model
+        events, and is refused inside a rebalance listener. On shutdown it waits, so
+        the group sees the final offsets.
         """
         offsets = {}
         for part in parts:
