@@ -20,7 +20,7 @@ from learners.combine import (
     partition_for_key,
     predicted_class,
 )
-from learners.learner import Learner
+from learners.learner import Learner, load_learner
 from learners.sanitize import Sanitizer
 from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
 from learners.spec import CheckpointPolicy, ModelSpec, RiverRef, SanitizeRule, Task
@@ -43,6 +43,7 @@ __all__ = [
     "combine_metrics",
     "combine_proba",
     "combine_values",
+    "load_learner",
     "murmur2",
     "partition_for_key",
     "predicted_class",

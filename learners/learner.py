@@ -9,9 +9,11 @@ from typing import Any
 
 from river import base, compose
 
+from learners._errors import SnapshotRefused
+from learners.snapshot import SnapshotCodec
 from learners.spec import ModelSpec
 
-__all__ = ["Learner"]
+__all__ = ["Learner", "load_learner"]
 
 # Enough history to line drift detections up with a dashboard without growing the snapshot.
 _DRIFT_OFFSETS_KEPT = 100
@@ -253,3 +255,19 @@ class Learner:
             "drift_detections": self.drift_detections,
             "drift_offsets": list(self.drift_offsets),
         }
+
+
+def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
+    """Return the learner in a signed snapshot, verified before it is unpickled.
+
+    Raises
+    ------
+    SnapshotError
+        The blob is refused (``SnapshotRefused``: tampered, unsigned, or signed but not
+        holding a ``Learner``) or cannot be loaded here (``SnapshotIncompatible``).
+
+    """
+    learner = codec.decode(blob)
+    if not isinstance(learner, Learner):
+        raise SnapshotRefused(f"the snapshot holds a {type(learner).__name__}, not a Learner")
+    return learner

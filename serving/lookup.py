@@ -43,6 +43,7 @@ from learners import (
     SnapshotError,
     combine_proba,
     combine_values,
+    load_learner,
     partition_for_key,
     predicted_class,
 )
@@ -531,13 +532,9 @@ class Lookup:
     def _decode(self, model: str, where: str, blob: bytes) -> Learner | None:
         """The learner in ``blob``, or None (logged and counted) when the blob is refused."""
         try:
-            learner = self._codec.decode(blob)
+            return load_learner(self._codec, blob)
         except SnapshotError as exc:
             problem = str(exc)
-        else:
-            if isinstance(learner, Learner):
-                return learner
-            problem = f"holds a {type(learner).__name__}, not a Learner"
         self._metrics.snapshots_refused.labels(model).inc()
         log.error(
             "snapshot refused: %s %s; the last good state keeps serving",

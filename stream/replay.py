@@ -26,7 +26,7 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from learners import Learner, ModelSpec, SnapshotCodec, combine_metrics
+from learners import ModelSpec, SnapshotCodec, combine_metrics, load_learner
 from stream._errors import ConfigError, InvalidEvent, StaleEpochError
 from stream.checkpoint import Checkpoint, RedisCheckpointStore, ShardId
 from stream.decode import parse_timestamp
@@ -663,11 +663,3 @@ def parse_time(text: str, option: str) -> int:
         raise ConfigError(
             f"{option} {text!r}: give an ISO-8601 time with a zone, e.g. 2026-11-26T10:00:00Z"
         ) from None
-
-
-def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
-    """The learner in a signed snapshot (verified before it is unpickled)."""
-    learner = codec.decode(blob)
-    if not isinstance(learner, Learner):
-        raise TypeError("a replay checkpoint holds a Learner")
-    return learner

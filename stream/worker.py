@@ -21,7 +21,15 @@ from typing import Any, Literal, Protocol
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from learners import Learner, ModelSpec, Sanitizer, SnapshotCodec, SnapshotError, combine_metrics
+from learners import (
+    Learner,
+    ModelSpec,
+    Sanitizer,
+    SnapshotCodec,
+    SnapshotError,
+    combine_metrics,
+    load_learner,
+)
 from stream._errors import InvalidEvent, StaleEpochError
 from stream.checkpoint import CheckpointStore, ShardId
 from stream.decode import EventDecoder
@@ -440,7 +448,7 @@ class Worker:
             learner, next_offset = Learner(spec), -1
         else:
             try:
-                restored = self._codec.decode(checkpoint.blob)
+                learner = load_learner(self._codec, checkpoint.blob)
             except SnapshotError as exc:
                 self._metrics.snapshots_refused.labels(spec.name).inc()
                 log.error(
@@ -450,12 +458,7 @@ class Worker:
                 )
                 part.held[shard_id] = checkpoint.next_offset
                 return
-            if not isinstance(restored, Learner):
-                self._metrics.snapshots_refused.labels(spec.name).inc()
-                log.error("snapshot of %s is not a Learner; shard not loaded", shard_id)
-                part.held[shard_id] = checkpoint.next_offset
-                return
-            learner, next_offset = restored, checkpoint.next_offset
+            next_offset = checkpoint.next_offset
         stats = learner.stats()
         part.shards.append(
             Shard(

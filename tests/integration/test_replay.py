@@ -14,8 +14,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learners import SnapshotCodec
-from stream.replay import load_learner, parse_offsets, resolve_range, run_replay
+from learners import SnapshotCodec, load_learner
+from stream.replay import parse_offsets, resolve_range, run_replay
 from stream.settings import load_settings
 from tests.integration.conftest import (
     HASH_KEY,
@@ -52,18 +52,15 @@ def _replay(dep: Deployment, **kwargs: Any) -> Any:
     )
 
 
+def _replay_argv(dep: Deployment, *args: str) -> list[str]:
+    """``livelearn replay`` of the deployment's model, with ``args``."""
+    cli = [sys.executable, "-m", "stream.cli", "--config", str(dep.config_path)]
+    return [*cli, "replay", dep.model, *args]
+
+
 def _cli(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "--config",
-            str(dep.config_path),
-            "replay",
-            dep.model,
-            *args,
-        ],
+        _replay_argv(dep, *args),
         env=dep.env,
         capture_output=True,
         text=True,
@@ -248,17 +245,7 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(make_topic, deploy) ->
     log = dep.tmp_path / "replay.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stream.cli",
-                "--config",
-                str(dep.config_path),
-                "replay",
-                dep.model,
-                "--report",
-                str(folder),
-            ],
+            _replay_argv(dep, "--report", str(folder)),
             env=dep.env,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -242,3 +242,11 @@ def test_signature_is_checked_in_constant_time(
     codec = make_codec()
     codec.decode(codec.encode(1))
     assert len(calls) == 1
+
+
+def test_load_learner_refuses_a_signed_blob_that_is_not_a_learner() -> None:
+    from learners import SnapshotCodec, SnapshotRefused, load_learner
+
+    codec = SnapshotCodec(b"k" * 32)
+    with pytest.raises(SnapshotRefused, match="holds a dict, not a Learner"):
+        load_learner(codec, codec.encode({"weights": [1.0]}))
