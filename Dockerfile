@@ -1,11 +1,10 @@
-# syntax=docker/dockerfile:1
 # The livelearn image: `livelearn worker` by default; any other command works too,
 # e.g. `docker run --rm livelearn produce phishing --rate 50`.
 #
 # Every dependency with compiled code (river, numpy, scipy, pydantic-core, crc32c for
 # kafka-python, orjson, msgspec, PyYAML) ships manylinux wheels for CPython 3.11 on x86_64
-# and aarch64, so no compiler is needed; the build stage only keeps pip and the source
-# out of the final image.
+# and aarch64, so no compiler is needed; the build stage keeps pip and the source out of
+# the final image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -18,18 +17,26 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY learners/ learners/
 COPY stream/ stream/
+COPY serving/ serving/
 # The import check fails the build when a runtime dependency is missing from pyproject.toml.
+# Then pip, setuptools and the libraries' own test suites leave the environment (the
+# bytecode stays: without it every start compiles the libraries again).
 RUN pip install --prefer-binary . \
-    && python -c "import stream.app, stream.produce, stream.cli" \
-    && livelearn --help > /dev/null
+    && python -c "import stream.app, stream.produce, stream.cli, stream.replay, serving.api" \
+    && livelearn --help > /dev/null \
+    && pip uninstall --yes --quiet pip setuptools \
+    && find /opt/venv/lib -depth -type d -path '*/site-packages/*' \
+        -name tests -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
-# In a container the metrics port must listen on every interface, not loopback.
+# In a container the worker's metrics port and the API listen on every interface, not loopback.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LIVELEARN_HTTP__HOST=0.0.0.0 \
-    LIVELEARN_HTTP__PORT=9400
+    LIVELEARN_HTTP__PORT=9400 \
+    LIVELEARN_SERVING__HOST=0.0.0.0 \
+    LIVELEARN_SERVING__PORT=8080
 RUN groupadd --system --gid 10001 livelearn \
     && useradd --system --uid 10001 --gid livelearn --create-home --home-dir /home/livelearn \
        --shell /usr/sbin/nologin livelearn
@@ -40,10 +47,11 @@ WORKDIR /app
 COPY config/ config/
 # Numeric, so runtimes that insist on a non-root user (runAsNonRoot) can check it.
 USER 10001:10001
-EXPOSE 9400
-# /healthz answers 200 while the worker loop turns (503 when it is stuck).
-# slim has no curl: python's urllib raises (exit 1) on a refused connection or a 503.
+EXPOSE 9400 8080
+# A worker's /healthz answers 200 while its loop turns (503 when it is stuck); the API's
+# (`livelearn serve`, told apart by PID 1's arguments) while it serves. slim has no curl:
+# python's urllib raises (exit 1) on a refused connection or a 503.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LIVELEARN_HTTP__PORT', '9400'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; serve = b'serve' in open('/proc/1/cmdline', 'rb').read().split(b'\\0'); port = os.environ['LIVELEARN_SERVING__PORT' if serve else 'LIVELEARN_HTTP__PORT']; u.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 ENTRYPOINT ["livelearn"]
 CMD ["worker"]

@@ -1,36 +1,54 @@
 # The verbs a newcomer needs. `make test` is the project's one test command (CI runs it).
-PYTHON ?= python3
+# Every target runs in the project's virtual environment, .venv, which `install` makes if
+# it is missing and brings in step with pyproject.toml: the system Python is never touched.
+VENV ?= .venv
+# Not `?=`: a PYTHON variable in the environment must not send make to another interpreter.
+PYTHON := $(VENV)/bin/python
 
-.PHONY: install test lint format stack-up stack-down stack-status run bench
+.PHONY: install test lint format stack-up stack-down stack-status run bench images
 
-install:
+install: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+# The stamp makes a second `make test` skip pip: it reinstalls only when pyproject.toml
+# is newer (the code itself is installed editable).
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PYTHON) -m pip install -e '.[dev]'
+	touch $@
 
 test: install lint
 	$(PYTHON) -m pytest -q
 
-lint:
+lint: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	$(PYTHON) -m deptry .
 
-format:
+format: install
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
 # Kafka on 127.0.0.1:19092 and Redis on 127.0.0.1:16379, state in .stack/; `stack-up`
 # prints the LIVELEARN_... lines that point the settings at them.
-stack-up:
+stack-up: install
 	$(PYTHON) -m stream.stack up
 
-stack-down:
+stack-down: install
 	$(PYTHON) -m stream.stack down
 
-stack-status:
+stack-status: install
 	$(PYTHON) -m stream.stack status
 
 run: install
-	livelearn demo
+	$(PYTHON) -m stream.cli demo
 
 bench: install
 	$(PYTHON) -m bench
+
+# The container images docker-compose.yml uses: pulled, or built as local stand-ins where
+# no registry answers (devtools/images.py; root and debootstrap needed for the base).
+images: install
+	$(PYTHON) -m devtools.images

@@ -334,6 +334,16 @@ def _with_local_services(args: argparse.Namespace) -> Settings:
     return _load(args)
 
 
+def _this_command() -> str:
+    """How to run livelearn again from here: the script beside this interpreter (the
+    project's .venv when started by make), else whatever ``livelearn`` is on PATH."""
+    script = Path(sys.executable).parent / "livelearn"
+    if not script.is_file():
+        return "livelearn"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
 def _dev_keys() -> dict[str, str]:
     """Random signing and hashing keys kept in the stack folder, for the demo only."""
     path = STACK_DIR / "dev-keys.json"
@@ -427,7 +437,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     store = RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
     print(format_model(describe_model(store, spec.name)))
-    print("\nstate is in Redis; see it again with: livelearn models show", spec.name)
+    print(f"\nstate is in Redis; see it again with: {_this_command()} models show {spec.name}")
+    print(f"(in a new shell on the local stack, first: export $({_this_command()} stack up))")
     return 0
 
 

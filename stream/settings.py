@@ -6,6 +6,7 @@ Nested settings are reached with ``__``: ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS``,
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -213,8 +215,29 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, chosen_or_none)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_unparsed_env(exc)) from None
     finally:
         _config_path.reset(token)
+
+
+def _describe_unparsed_env(exc: SettingsError) -> str:
+    """Name the environment variable whose list or mapping value is not JSON.
+
+    Its value is never shown: it may be a secret (``LIVELEARN_SERVING__TOKENS``).
+    """
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith(ENV_PREFIX) or not value.lstrip().startswith(("[", "{")):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as error:
+            example = '["first", "second"]'
+            return (
+                f"{name} is not valid JSON ({error}): a list or mapping setting is written as "
+                f"JSON, e.g. {name}={example} (in single quotes in a shell, bare in a .env file)"
+            )
+    return f"invalid settings in the environment: {exc}"
 
 
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:

@@ -45,7 +45,7 @@ from kafka.errors import KafkaError
 
 from stream._errors import StreamError
 
-__all__ = ["StackError", "StackInfo", "down", "status", "up", "wipe"]
+__all__ = ["StackError", "StackInfo", "down", "kafka_libs", "status", "up", "wipe"]
 
 DEFAULT_STATE_DIR = Path(".stack")
 DEFAULT_KAFKA_PORT = 19092
@@ -220,7 +220,7 @@ def wipe(state_dir: Path = DEFAULT_STATE_DIR) -> None:
 def _start_kafka(state: Path, port: int) -> int:
     kafka_dir = state / "kafka"
     kafka_dir.mkdir(parents=True, exist_ok=True)
-    libs = _ensure_kafka_libs(kafka_dir / "libs")
+    libs = kafka_libs(state)
     java = _java()
     properties = kafka_dir / "server.properties"
     properties.write_text(_server_properties(kafka_dir / "data", port))
@@ -233,8 +233,10 @@ def _start_kafka(state: Path, port: int) -> int:
     return _spawn(state, "kafka", command, kafka_dir / "stdout.log", cwd=kafka_dir)
 
 
-def _ensure_kafka_libs(libs: Path) -> Path:
-    """Fetch the broker's jars with Maven unless ``libs`` already holds this pom's set."""
+def kafka_libs(state_dir: Path = DEFAULT_STATE_DIR) -> Path:
+    """The folder of Kafka's jars (``state_dir/kafka/libs``), fetched with Maven unless it
+    already holds the set that ``scripts/kafka/pom.xml`` names."""
+    libs = state_dir / "kafka" / "libs"
     if not _POM.is_file():
         raise StackError(
             f"{_POM} is missing: the local stack runs from a source checkout "

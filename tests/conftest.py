@@ -3,20 +3,22 @@
 The services are picked in this order:
 
 1. ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS`` and ``LIVELEARN_REDIS__URL`` name running servers;
-2. testcontainers, where a Docker engine answers;
+2. testcontainers, where a Docker engine answers or can be started (`docker_engine`); the
+   images are pulled, or built as stand-ins where no registry answers (`devtools.images`);
 3. the local stack (`stream.stack`), started in ``.stack`` and stopped at the end of the
    session unless it was already running before.
+
+``LIVELEARN_TEST_REQUIRE_DOCKER=1`` (set by ``.ci/run``) turns a missing Docker engine
+from a skipped compose test into a failure.
 
 Tests under ``tests/integration/`` are marked ``integration``.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,12 +29,19 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 
+from devtools import engine, images
+
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIR = REPO / ".stack"
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 REDIS_IMAGE = "redis:7-alpine"
 KAFKA_ENV = "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS"
 REDIS_ENV = "LIVELEARN_REDIS__URL"
+REQUIRE_DOCKER_ENV = "LIVELEARN_TEST_REQUIRE_DOCKER"
+
+# Ryuk, testcontainers' reaper, removes containers left by a crashed session; its image
+# cannot be fetched without a registry, and the session's fixtures stop their containers.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,23 @@ class Services:
     source: str  # "env", "testcontainers" or "stack"
 
 
+@dataclass(frozen=True)
+class DockerEngine:
+    """The session's Docker engine: whether one answers, and why not."""
+
+    available: bool
+    problem: str = ""
+
+    def require(self) -> None:
+        """Skip the calling test without an engine, or fail it under ``.ci/run``."""
+        if self.available:
+            return
+        message = f"no Docker engine: {self.problem}"
+        if os.environ.get(REQUIRE_DOCKER_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     integration = REPO / "tests" / "integration"
     for item in items:
@@ -52,7 +78,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def services() -> Iterator[Services]:
+def docker_engine(stack_dir: Path) -> Iterator[DockerEngine]:
+    """A Docker engine for the session: one that answers, or Debian's ``dockerd`` started
+    here (installed first when root) and stopped when the session ends."""
+    try:
+        started = engine.up(stack_dir / "docker")
+    except engine.EngineError as error:
+        yield DockerEngine(False, str(error))
+        return
+    try:
+        yield DockerEngine(True)
+    finally:
+        if started:
+            engine.down(stack_dir / "docker")
+
+
+@pytest.fixture(scope="session")
+def services(docker_engine: DockerEngine) -> Iterator[Services]:
     """The session's Kafka and Redis: from the environment, testcontainers or the local stack."""
     kafka_env, redis_env = os.environ.get(KAFKA_ENV), os.environ.get(REDIS_ENV)
     if kafka_env and redis_env:
@@ -62,7 +104,8 @@ def services() -> Iterator[Services]:
             f"set both {KAFKA_ENV} and {REDIS_ENV}, or neither (to use testcontainers or the "
             f"local stack); only {KAFKA_ENV if kafka_env else REDIS_ENV} is set"
         )
-    elif _docker_answers():
+    elif docker_engine.available:
+        images.ensure([KAFKA_IMAGE, REDIS_IMAGE])
         with ExitStack() as stack:
             yield _start_containers(stack)
     else:
@@ -123,32 +166,6 @@ def make_topic(kafka_admin: KafkaAdminClient) -> Iterator[Callable[..., str]]:
     yield make
     if created:
         kafka_admin.delete_topics(created)
-
-
-def _docker_answers() -> bool:
-    """Whether a Docker engine answers, within a few seconds."""
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
-        return False
-    with warnings.catch_warnings():
-        # docker-py leaves its socket open when the engine does not answer; the
-        # ResourceWarning would fail whichever test runs next (filterwarnings = error).
-        warnings.simplefilter("ignore", ResourceWarning)
-        answers = _ping_docker()
-        gc.collect()
-    return answers
-
-
-def _ping_docker() -> bool:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
 
 
 def _start_containers(stack: ExitStack) -> Services:

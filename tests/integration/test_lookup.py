@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -332,6 +334,39 @@ def _offsets(lookup: Lookup, model: str) -> dict[str, int]:
     return lookup.predict_one(model, PROBES[0]).shards
 
 
+def _settle(lookup: Lookup, b: Bench) -> None:
+    """Return once the lookup has ended a check of Redis begun after every write so far.
+
+    A new release is announced on the model's channel behind every earlier message. Once
+    the lookup lists a first such marker, a check that began after those writes is under
+    way; once it lists a second, that check is over, since checks run one at a time.
+    """
+    for _ in range(2):
+        marker = b.releases().create(b.model, note="marker")
+        wait_for(lambda m=marker: m in lookup.describe(b.model)["releases"], 5, "a marker")
+
+
+@contextlib.contextmanager
+def _redis_requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Record what this thread asks of Redis inside the block, through any client.
+
+    Each command or pipeline first takes a connection from its pool. The lookup's own
+    thread, which keeps reconnecting meanwhile, is not recorded.
+    """
+    me = threading.get_ident()
+    asked: list[Any] = []
+    take = redis.ConnectionPool.get_connection
+
+    def spy(pool: redis.ConnectionPool, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == me:
+            asked.append(args)
+        return take(pool, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(redis.ConnectionPool, "get_connection", spy)
+        yield asked
+
+
 def test_new_checkpoint_is_served_within_two_seconds_of_its_announcement(
     bench: Callable[..., Bench],
 ) -> None:
@@ -370,7 +405,7 @@ def test_tampered_blob_is_refused_and_the_last_good_version_serves(
         ),
     )
     wait_for(lambda: b.metric("livelearn_serving_snapshots_refused_total") == 1, 5, "the refusal")
-    time.sleep(0.6)  # a few fallback checks: the same bad version is not counted again
+    _settle(lookup, b)  # more checks of the same bad version: it is not counted again
     assert b.metric("livelearn_serving_snapshots_refused_total") == 1
     after = lookup.predict_one(b.model, PROBES[0])
     assert after == dataclasses.replace(before, freshness_seconds=after.freshness_seconds)
@@ -429,7 +464,9 @@ def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]
 
 
 def test_redis_restart_serves_from_memory_then_resumes_reloading(
-    bench: Callable[..., Bench], own_redis: Callable[[], subprocess.Popen[bytes]]
+    bench: Callable[..., Bench],
+    own_redis: Callable[[], subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = own_redis()
     url = f"redis://127.0.0.1:{own_redis.port}/0"  # type: ignore[attr-defined]
@@ -441,10 +478,13 @@ def test_redis_restart_serves_from_memory_then_resumes_reloading(
 
     server.terminate()
     server.wait(timeout=10)
-    started = time.perf_counter()
-    during = lookup.predict_one(b.model, PROBES[0])
-    assert time.perf_counter() - started < 0.05
+    with _redis_requests(monkeypatch) as asked:
+        during = lookup.predict_one(b.model, PROBES[0])
+    assert asked == []  # answered from memory: no command, no reconnection attempt
     assert during.proba == first.predict_proba_one(PROBES[0])
+    with _redis_requests(monkeypatch) as asked, pytest.raises(redis.ConnectionError):
+        lookup.reload(b.model)  # a call that does ask Redis is recorded, and fails
+    assert asked
     wait_for(
         lambda: lookup.ready() == (False, {"redis": False, "models": {b.model: 1}}),
         10,
@@ -497,7 +537,7 @@ def test_release_promote_rollback_follow_change_what_is_served(bench: Callable[.
     assert releases.rollback(b.model) == two  # from following: the newest release
     wait_for(lambda: serving(second, two), 2, "rollback to release 2")
     b.save(train(b.spec, 0, 400))  # a pinned model ignores new checkpoints
-    time.sleep(0.3)
+    _settle(lookup, b)
     assert serving(second, two)
     assert releases.rollback(b.model) == one
     wait_for(lambda: serving(first, one), 2, "rollback to release 1")

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from learners import ModelSpec, Sanitizer, SanitizeRule, SnapshotRefused
 from stream.dlq import read_headers
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
+    WorkerHandle,
     encode,
     phishing_events,
     produce,
@@ -73,6 +75,51 @@ def test_one_partition_equals_rivers_own_loop(make_topic, deploy, fetch_in_child
     _assert_same_predictions(learner.model, reference)
 
 
+def _owns_a_shard(worker: WorkerHandle) -> bool:
+    log = worker.log()
+    return "shard started fresh" in log or "shard restored" in log
+
+
+class _Process(NamedTuple):
+    """A process by its PID and start time, so that a reused PID is not taken for it."""
+
+    pid: int
+    start_ticks: int
+
+
+def _state_and_start(pid: int) -> tuple[str, int]:
+    """A process's state letter and start time (clock ticks after boot), from /proc."""
+    # Fields 3 and 22 of /proc/<pid>/stat, counted after the name: it may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return fields[0], int(fields[19])
+
+
+def _fetch_processes(worker_pid: int) -> list[_Process]:
+    """The worker's own child processes that run ``stream.fetcher``."""
+    found = []
+    for children in Path(f"/proc/{worker_pid}/task").glob("*/children"):
+        try:
+            pids = [int(pid) for pid in children.read_text().split()]
+        except OSError:  # the thread has ended
+            continue
+        for pid in pids:
+            try:
+                if b"stream.fetcher" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(_Process(pid, _state_and_start(pid)[1]))
+            except OSError:  # the child has exited
+                continue
+    return found
+
+
+def _running(process: _Process) -> bool:
+    """Whether ``process`` has not exited (a zombie has)."""
+    try:
+        state, start_ticks = _state_and_start(process.pid)
+    except OSError:
+        return False
+    return state != "Z" and start_ticks == process.start_ticks
+
+
 @pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
 def test_sigkill_at_several_points_learns_every_event_once(
     make_topic, deploy, fetch_in_child
@@ -89,15 +136,20 @@ def test_sigkill_at_several_points_learns_every_event_once(
     )
     producer.start()
     rng = random.Random(7)
+    fetchers: list[_Process] = []  # each worker's fetch processes, seen while it learns
     for kill_after in (150, 420, 700):
         worker = dep.start_worker()
+        wait_for(lambda w=worker: _owns_a_shard(w), 90, "the worker to own the shard")
         wait_for(lambda k=kill_after: dep.next_offset() >= k, 90, f"offset {kill_after}")
+        fetchers += _fetch_processes(worker.proc.pid)
         # Land the kill between checkpoints: events learned but not yet checkpointed.
         threading.Event().wait(rng.uniform(0.05, 0.25))
         worker.kill()
     producer.join()
     worker = dep.start_worker()
+    wait_for(lambda: _owns_a_shard(worker), 90, "the last worker to own the shard")
     wait_for(lambda: dep.next_offset() == 1000, 120, "the last worker to reach the end")
+    fetchers += _fetch_processes(worker.proc.pid)
     assert worker.terminate() == 0
     learner = dep.learner()
     assert learner.stats()["events_learned"] == 1000
@@ -105,9 +157,10 @@ def test_sigkill_at_several_points_learns_every_event_once(
     _assert_same_predictions(learner.model, reference)
     assert math.isclose(learner.stats()["metrics"]["Accuracy"], ref_metrics["Accuracy"])
     assert "shard restored" in worker.log()
-    # Nothing outlives a killed worker: its fetch process left with it.
-    fetchers = subprocess.run(["pgrep", "-f", "stream.fetcher"], capture_output=True, text=True)
-    assert fetchers.stdout.strip() == "", fetchers.stdout
+    # One fetch process a worker, or none when the worker fetches itself; and nothing
+    # outlives a worker, killed or stopped: its fetch process leaves with it.
+    assert len(fetchers) == (4 if fetch_in_child else 0), fetchers
+    wait_for(lambda: not any(_running(p) for p in fetchers), 10, "the fetch processes to exit")
 
 
 def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) -> None:
@@ -123,12 +176,12 @@ def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) 
     producer.start()
     first, second = dep.start_worker(), dep.start_worker()
 
-    def both_own_shards() -> bool:
-        return all(
-            "shard started fresh" in w.log() or "shard restored" in w.log() for w in (first, second)
-        )
-
-    wait_for(both_own_shards, 90, "both workers to own shards", context=first.tail)
+    wait_for(
+        lambda: _owns_a_shard(first) and _owns_a_shard(second),
+        90,
+        "both workers to own shards",
+        context=first.tail,
+    )
     wait_for(
         lambda: sum(max(dep.next_offset(p), 0) for p in range(partitions)) >= 400,
         90,

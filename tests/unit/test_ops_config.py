@@ -102,7 +102,10 @@ def test_worker_secrets_come_from_the_environment_and_are_required() -> None:
     env = _load_yaml(COMPOSE)["services"]["worker"]["environment"]
     for key in ("LIVELEARN_SECURITY__SNAPSHOT_KEY", "LIVELEARN_SECURITY__HASH_KEY"):
         assert env[key] == f"${{{key}:?set it in .env}}", f"{key} must not be written here"
-    assert env["LIVELEARN_HTTP__HOST"] == "0.0.0.0", "Prometheus cannot scrape loopback"
+    # The image listens on every interface; compose must not narrow it to loopback, where
+    # Prometheus cannot scrape.
+    assert env.get("LIVELEARN_HTTP__HOST", "0.0.0.0") == "0.0.0.0"
+    assert "LIVELEARN_HTTP__HOST=0.0.0.0" in (REPO / "Dockerfile").read_text()
 
 
 # -- Prometheus -----------------------------------------------------------------------

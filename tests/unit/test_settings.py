@@ -83,6 +83,18 @@ def test_a_secret_value_never_appears_in_the_error(tmp_path, monkeypatch) -> Non
     assert "LIVELEARN_SECURITY__SNAPSHOT_KEY" in str(info.value)
 
 
+def test_a_list_setting_that_is_not_json_names_the_variable_and_hides_the_value(
+    tmp_path, monkeypatch
+) -> None:
+    # A shell that drops the quotes turns '["s3cret-token"]' into [s3cret-token].
+    monkeypatch.setenv("LIVELEARN_SERVING__TOKENS", "[s3cret-token]")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, {}))
+    message = str(info.value)
+    assert "LIVELEARN_SERVING__TOKENS is not valid JSON" in message
+    assert "s3cret" not in message
+
+
 def test_missing_services_name_the_settings(tmp_path) -> None:
     settings = load_settings(_write(tmp_path, {}))
     with pytest.raises(ConfigError, match=r"kafka\.bootstrap_servers"):
