@@ -15,14 +15,19 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY livelearn/ livelearn/
 COPY learners/ learners/
+COPY settings/ settings/
+COPY store/ store/
 COPY stream/ stream/
 COPY serving/ serving/
+COPY cli/ cli/
+COPY devtools/ devtools/
 # The import check fails the build when a runtime dependency is missing from pyproject.toml.
 # Then pip, setuptools and the libraries' own test suites leave the environment (the
 # bytecode stays: without it every start compiles the libraries again).
 RUN pip install --prefer-binary . \
-    && python -c "import stream.app, stream.produce, stream.cli, stream.replay, serving.api" \
+    && python -c "import stream.app, devtools.produce, cli.main, stream.replay, serving.api" \
     && livelearn --help > /dev/null \
     && pip uninstall --yes --quiet pip setuptools \
     && find /opt/venv/lib -depth -type d -path '*/site-packages/*' \

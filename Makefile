@@ -26,6 +26,7 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 	$(PYTHON) -m deptry .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(PYTHON) -m ruff check --fix .
@@ -34,16 +35,16 @@ format: install
 # Kafka on 127.0.0.1:19092 and Redis on 127.0.0.1:16379, state in .stack/; `stack-up`
 # prints the LIVELEARN_... lines that point the settings at them.
 stack-up: install
-	$(PYTHON) -m stream.stack up
+	$(PYTHON) -m devtools.stack up
 
 stack-down: install
-	$(PYTHON) -m stream.stack down
+	$(PYTHON) -m devtools.stack down
 
 stack-status: install
-	$(PYTHON) -m stream.stack status
+	$(PYTHON) -m devtools.stack status
 
 run: install
-	$(PYTHON) -m stream.cli demo
+	$(PYTHON) -m cli.main demo
 
 bench: install
 	$(PYTHON) -m bench

@@ -22,8 +22,8 @@ from river import datasets
 from bench.bench_worker import SPECS
 from learners import Learner, ModelSpec, SnapshotCodec
 from serving import Lookup
-from stream.checkpoint import RedisCheckpointStore, ShardId
-from stream.settings import Settings
+from settings import Settings
+from store.checkpoints import RedisCheckpointStore, ShardId
 
 TARGET_P99_US = 100.0
 _WARMUP = 2_000
@@ -98,7 +98,7 @@ def main() -> None:
     args, _ = parser.parse_known_args()  # `python -m bench` passes every bench's options
     redis_url = os.environ.get("LIVELEARN_REDIS__URL")
     if not redis_url:
-        from stream import stack
+        from devtools import stack
 
         redis_url = stack.up().redis_url
     rows = list(datasets.Phishing())

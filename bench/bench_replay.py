@@ -12,8 +12,8 @@ from kafka import KafkaConsumer
 
 from bench.bench_worker import SPECS, _events, _spec, river_loop, services, topic_with
 from learners import SnapshotCodec
+from settings import load_settings
 from stream.replay import replay_consumer_config, resolve_range, run_replay
-from stream.settings import load_settings
 
 
 def replay_rate(

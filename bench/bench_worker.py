@@ -22,8 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from river import datasets
 
 from learners import ModelSpec
+from settings import KafkaSettings, load_settings
 from stream.app import build_worker, ensure_topics
-from stream.settings import KafkaSettings, load_settings
 
 SPECS: dict[str, dict[str, Any]] = {
     "StandardScaler|LogisticRegression": {
@@ -60,7 +60,7 @@ def services() -> tuple[str, str]:
     bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
     redis_url = os.environ.get("LIVELEARN_REDIS__URL")
     if not bootstrap or not redis_url:
-        from stream import stack
+        from devtools import stack
 
         info = stack.up()
         bootstrap, redis_url = info.bootstrap_servers, info.redis_url

@@ -6,7 +6,7 @@ from a local ``debian:bookworm``:
 
 - ``debian:bookworm`` itself is made with ``debootstrap --variant=minbase`` and
   ``docker import`` (needs root and Debian's debootstrap);
-- the Kafka stand-in gets the broker's jars from Maven Central (`stream.stack.kafka_libs`);
+- the Kafka stand-in gets the broker's jars from Maven Central (`devtools.stack.kafka_libs`);
 - the Python stand-in trusts the certificate authorities of the machine that builds it,
   so pip inside it reaches PyPI through the same (possibly TLS-inspecting) proxy.
 
@@ -171,7 +171,7 @@ def _debootstrap_base() -> None:
 
 def _stage_kafka_libs() -> None:
     """Put the broker's jars in the Kafka stand-in's build context (``libs/``)."""
-    from stream.stack import kafka_libs
+    from devtools.stack import kafka_libs
 
     source = kafka_libs(REPO / ".stack")
     target = OFFLINE / "kafka" / "libs"

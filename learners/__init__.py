@@ -1,17 +1,11 @@
 """The ML domain of livelearn: model specs, learners, snapshots and sanitization.
 
-No network I/O happens here; ``stream`` drives these objects from Kafka and Redis.
+No network I/O happens here; ``stream`` drives these objects from Kafka, ``store`` keeps
+their snapshots in Redis and ``serving`` answers with them. Errors: `livelearn.errors`.
 """
 
 from __future__ import annotations
 
-from learners._errors import (
-    LearnersError,
-    SnapshotError,
-    SnapshotIncompatible,
-    SnapshotRefused,
-    SpecError,
-)
 from learners.combine import (
     combine_metrics,
     combine_proba,
@@ -29,16 +23,11 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "CheckpointPolicy",
     "Learner",
-    "LearnersError",
     "ModelSpec",
     "RiverRef",
     "SanitizeRule",
     "Sanitizer",
     "SnapshotCodec",
-    "SnapshotError",
-    "SnapshotIncompatible",
-    "SnapshotRefused",
-    "SpecError",
     "Task",
     "combine_metrics",
     "combine_proba",

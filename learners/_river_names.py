@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from learners._errors import SpecError
+from livelearn.errors import SpecError
 
 __all__ = ["canonical_name", "resolve_class"]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from river import base, compose
 
-from learners._errors import SnapshotRefused
 from learners.snapshot import SnapshotCodec
 from learners.spec import ModelSpec
+from livelearn.errors import SnapshotRefused
 
 __all__ = ["Learner", "load_learner"]
 

@@ -26,7 +26,7 @@ import time
 import zlib
 from typing import Any
 
-from learners._errors import SnapshotIncompatible, SnapshotRefused
+from livelearn.errors import SnapshotIncompatible, SnapshotRefused
 
 __all__ = ["SNAPSHOT_FORMAT", "SnapshotCodec"]
 

@@ -38,8 +38,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from river import base, compose
 from river import metrics as river_metrics
 
-from learners._errors import SpecError
 from learners._river_names import canonical_name, resolve_class
+from livelearn.errors import SpecError
 
 __all__ = [
     "CheckpointPolicy",

@@ -36,10 +36,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving._errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
+from livelearn.errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
 from serving.lookup import Lookup, Prediction
 from serving.metrics import ServingMetrics
-from stream.settings import Settings
+from settings import Settings
 
 __all__ = ["create_app"]
 

@@ -40,19 +40,25 @@ from learners import (
     ModelSpec,
     Sanitizer,
     SnapshotCodec,
-    SnapshotError,
     combine_proba,
     combine_values,
     load_learner,
     partition_for_key,
     predicted_class,
 )
-from serving._errors import InvalidFeatures, ModelNotLoaded, UnknownModel
+from livelearn.errors import (
+    ConfigError,
+    InvalidFeatures,
+    ModelNotLoaded,
+    ReleaseError,
+    ServiceUnavailable,
+    SnapshotError,
+    UnknownModel,
+)
 from serving.metrics import ServingMetrics
-from stream._errors import ConfigError, ServiceUnavailable
-from stream.checkpoint import RedisCheckpointStore, ShardId
-from stream.releases import ReleaseError, ReleaseStore
-from stream.settings import Settings
+from settings import Settings
+from store.checkpoints import RedisCheckpointStore, ShardId
+from store.releases import ReleaseStore
 
 __all__ = ["Lookup", "Prediction"]
 
@@ -685,6 +691,6 @@ def _close_quietly(pubsub: Any) -> None:
 
 
 def _client_from(settings: Settings) -> redis.Redis:
-    from stream.app import redis_client
+    from store.connection import redis_client
 
     return redis_client(settings, retry=_CLIENT_RETRY)

@@ -1,8 +1,16 @@
-"""livelearn's Kafka, Redis and process side: settings, decoding, the worker loop,
-checkpoints, dead letters, metrics and the command line.
+"""livelearn's consuming side, in the order an event goes through it:
 
-The names below load on first use, so a process that needs one part (the Kafka fetch
-process, ``livelearn stack``) does not import River, pydantic and the rest.
+- `stream.fetcher`: Kafka in, with kafka-python, in this process or in a child process;
+- `stream.decode`: decode and validate an event (`EventDecoder`);
+- `stream.dlq`: the dead-letter topic for the events that fail;
+- `stream.worker`: the loop that feeds each partition's learner shard and checkpoints it;
+- `stream.health`, `stream.metrics`: /healthz, /readyz and /metrics;
+- `stream.app`: the worker wired to the real Kafka, Redis and HTTP server;
+- `stream.replay`: the same code over a historical range of a topic.
+
+The names below load on first use: the Kafka fetch process imports `stream.fetcher`, and
+importing this package must not make it load River and pydantic first (its start-up time
+is part of a rebalance; ``make bench`` shows where a worker's start-up goes).
 """
 
 from __future__ import annotations
@@ -10,31 +18,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from stream._errors import (
-    ConfigError,
-    InvalidEvent,
-    ServiceUnavailable,
-    StaleEpochError,
-    StreamError,
-)
-
 if TYPE_CHECKING:
-    from stream.checkpoint import Checkpoint, CheckpointStore, RedisCheckpointStore, ShardId
     from stream.decode import Event, EventDecoder
-    from stream.settings import Settings, load_settings
     from stream.worker import Worker
 
-_LAZY = {
-    "Checkpoint": "stream.checkpoint",
-    "CheckpointStore": "stream.checkpoint",
-    "RedisCheckpointStore": "stream.checkpoint",
-    "ShardId": "stream.checkpoint",
-    "Event": "stream.decode",
-    "EventDecoder": "stream.decode",
-    "Settings": "stream.settings",
-    "load_settings": "stream.settings",
-    "Worker": "stream.worker",
-}
+_LAZY = {"Event": "stream.decode", "EventDecoder": "stream.decode", "Worker": "stream.worker"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,19 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'stream' has no attribute {name!r}")
 
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointStore",
-    "ConfigError",
-    "Event",
-    "EventDecoder",
-    "InvalidEvent",
-    "RedisCheckpointStore",
-    "ServiceUnavailable",
-    "Settings",
-    "ShardId",
-    "StaleEpochError",
-    "StreamError",
-    "Worker",
-    "load_settings",
-]
+__all__ = ["Event", "EventDecoder", "Worker"]

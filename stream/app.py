@@ -9,72 +9,24 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from redis.retry import Retry
 
 from learners import SnapshotCodec
-from stream._errors import ServiceUnavailable
-from stream.checkpoint import RedisCheckpointStore
+from livelearn.errors import ServiceUnavailable
+from settings import Settings
+from store.checkpoints import RedisCheckpointStore
+from store.connection import connect_redis
 from stream.dlq import KafkaDeadLetterSink, dlq_topic
 from stream.fetcher import ProcessConsumer
 from stream.health import HealthServer
 from stream.metrics import WorkerMetrics
-from stream.settings import Settings
 from stream.worker import Consumer, ShardProgress, Worker
 
 log = logging.getLogger("livelearn.app")
-
-
-def redis_client(settings: Settings, retry: Retry | None = None) -> redis.Redis:
-    """A Redis client from settings, not connected yet; ``retry`` replaces redis-py's default.
-
-    Raises
-    ------
-    ConfigError
-        When ``redis.url`` is not set.
-    """
-    url = settings.require_redis_url()
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    options: dict[str, Any] = {} if retry is None else {"retry": retry}
-    return redis.Redis.from_url(
-        url,
-        password=password,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_timeout_s,
-        **options,
-    )
-
-
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client from settings; ServiceUnavailable when it does not answer."""
-    url = settings.require_redis_url()
-    client = redis_client(settings)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(
-            f"Redis at redis.url={_redact(url)} does not answer ({exc}); "
-            "start it or fix the setting"
-        ) from None
-    return client
-
-
-def _redact(url: str) -> str:
-    """A URL without its password.
-
-    >>> _redact("redis://user:s3cret@host:6379/0")
-    'redis://user:***@host:6379/0'
-    """
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 @contextlib.contextmanager
@@ -164,7 +116,7 @@ def build_worker(
     codec = SnapshotCodec(settings.require_secret("snapshot_key"))
     hash_key = settings.require_secret("hash_key")
     if not settings.models:
-        from stream._errors import ConfigError
+        from livelearn.errors import ConfigError
 
         raise ConfigError("models is empty: configure at least one model spec")
     client = connect_redis(settings)

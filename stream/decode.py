@@ -1,4 +1,4 @@
-"""Decode and validate events against the contract in DESIGN.md.
+"""Decode and validate events against the event contract (README.md, Event contract).
 
     {"id": "…", "ts": "2026-11-26T10:00:00Z" | 1764151200000, "key": "…" | null,
      "features": {"amount": 12.5, "country": "FR", …}, "label": true | 3.2 | "cat" | null}
@@ -17,8 +17,8 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from stream._errors import InvalidEvent
-from stream.settings import EventSettings
+from livelearn.errors import InvalidEvent
+from settings import EventSettings
 
 InvalidReason = Literal[
     "too_large",
@@ -58,7 +58,7 @@ class EventDecoder:
     >>> decoder.decode(b'{"id": "a", "features": {"x": 1e999}}')
     Traceback (most recent call last):
     ...
-    stream._errors.InvalidEvent: non_finite: Number out of range - at `$.features[...]`
+    livelearn.errors.InvalidEvent: non_finite: Number out of range - at `$.features[...]`
     """
 
     def __init__(self, settings: EventSettings, label_fields: Iterable[str]) -> None:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from stream._errors import ServiceUnavailable
+from livelearn.errors import ServiceUnavailable
 
 log = logging.getLogger("livelearn.fetcher")
 

@@ -27,13 +27,13 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from learners import ModelSpec, SnapshotCodec, combine_metrics, load_learner
-from stream._errors import ConfigError, InvalidEvent, StaleEpochError
-from stream.checkpoint import Checkpoint, RedisCheckpointStore, ShardId
+from livelearn.errors import ConfigError, InvalidEvent, StaleEpochError
+from settings import Settings
+from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
+from store.releases import ReleaseStore
 from stream.decode import parse_timestamp
 from stream.dlq import DeadLetterSink
 from stream.metrics import WorkerMetrics
-from stream.releases import ReleaseStore
-from stream.settings import Settings
 from stream.worker import Partition, Worker
 
 log = logging.getLogger("livelearn.replay")

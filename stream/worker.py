@@ -1,6 +1,6 @@
 """The learning worker: Kafka records → decode → sanitize → learner shards → checkpoints.
 
-A shard is one model's state for one topic-partition (DESIGN.md). On assignment
+A shard is one model's state for one topic-partition (docs/architecture.md). On assignment
 the worker claims each shard (bumping its fencing epoch), restores its last
 checkpoint and seeks to the offset it covers; it checkpoints every N events,
 every T seconds, on revoke and on shutdown, and commits Kafka offsets after.
@@ -26,16 +26,15 @@ from learners import (
     ModelSpec,
     Sanitizer,
     SnapshotCodec,
-    SnapshotError,
     combine_metrics,
     load_learner,
 )
-from stream._errors import InvalidEvent, StaleEpochError
-from stream.checkpoint import CheckpointStore, ShardId
+from livelearn.errors import InvalidEvent, SnapshotError, StaleEpochError
+from settings import Settings
+from store.checkpoints import CheckpointStore, ShardId
 from stream.decode import EventDecoder
 from stream.dlq import DeadLetterSink
 from stream.metrics import WorkerMetrics
-from stream.settings import Settings
 
 log = logging.getLogger("livelearn.worker")
 

@@ -5,7 +5,7 @@ The services are picked in this order:
 1. ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS`` and ``LIVELEARN_REDIS__URL`` name running servers;
 2. testcontainers, where a Docker engine answers or can be started (`docker_engine`); the
    images are pulled, or built as stand-ins where no registry answers (`devtools.images`);
-3. the local stack (`stream.stack`), started in ``.stack`` and stopped at the end of the
+3. the local stack (`devtools.stack`), started in ``.stack`` and stopped at the end of the
    session unless it was already running before.
 
 ``LIVELEARN_TEST_REQUIRE_DOCKER=1`` (set by ``.ci/run``) turns a missing Docker engine
@@ -109,7 +109,7 @@ def services(docker_engine: DockerEngine) -> Iterator[Services]:
         with ExitStack() as stack:
             yield _start_containers(stack)
     else:
-        from stream import stack
+        from devtools import stack
 
         was_running = stack.status(STACK_DIR)
         info = stack.up(STACK_DIR)

@@ -7,8 +7,8 @@ import json
 import pytest
 import redis
 
-from stream import StaleEpochError
-from stream.checkpoint import RedisCheckpointStore, ShardId
+from livelearn import StaleEpochError
+from store.checkpoints import RedisCheckpointStore, ShardId
 
 pytestmark = pytest.mark.integration
 

@@ -210,8 +210,15 @@ def test_compose_stack_learns_serves_scales_and_cleans_up(compose_stack: Compose
         for rule in group["rules"]
     }  # fmt: skip
     assert rule_names == _alert_names(), "Prometheus did not load every rule of alerts.yml"
-    dead_letters = stack.query('livelearn_dead_letters_total{topic="phishing"}')
-    assert sum(dead_letters.values()) == 1
+    # The malformed record was dead-lettered, and counted (more than once only if a
+    # rebalance moved its partition before a checkpoint covered it: the design allows it).
+    wait_for(
+        lambda: sum(stack.query("livelearn_dead_letters_total").values()) >= 1,
+        30,
+        "Prometheus to scrape the dead letter's count",
+        every=1,
+        context=stack.logs,
+    )
 
     # The Grafana dashboard queries only metric families that the workers declare.
     declared = {

@@ -21,18 +21,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 from river import datasets
 
+from cli.main import main
 from learners import Learner, ModelSpec, SnapshotCodec, partition_for_key, predicted_class
-from serving import (
-    InvalidFeatures,
-    Lookup,
-    ModelNotLoaded,
-    ServingMetrics,
-    UnknownModel,
-)
-from stream.checkpoint import RedisCheckpointStore, ShardId
-from stream.cli import main
-from stream.releases import ReleaseStore
-from stream.settings import Settings, load_settings
+from livelearn import InvalidFeatures, ModelNotLoaded, UnknownModel
+from serving import Lookup, ServingMetrics
+from settings import Settings, load_settings
+from store.checkpoints import RedisCheckpointStore, ShardId
+from store.releases import ReleaseStore
 from tests.integration.conftest import (
     HASH_KEY,
     LOGREG_PIPELINE,
@@ -566,7 +561,7 @@ def test_a_tampered_release_is_refused(
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", "--config", str(config), "models", *args],
+        [sys.executable, "-m", "cli.main", "--config", str(config), "models", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,8 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from learners import SnapshotCodec, load_learner
+from settings import load_settings
 from stream.replay import parse_offsets, resolve_range, run_replay
-from stream.settings import load_settings
 from tests.integration.conftest import (
     HASH_KEY,
     SNAPSHOT_KEY,
@@ -54,7 +54,7 @@ def _replay(dep: Deployment, **kwargs: Any) -> Any:
 
 def _replay_argv(dep: Deployment, *args: str) -> list[str]:
     """``livelearn replay`` of the deployment's model, with ``args``."""
-    cli = [sys.executable, "-m", "stream.cli", "--config", str(dep.config_path)]
+    cli = [sys.executable, "-m", "cli.main", "--config", str(dep.config_path)]
     return [*cli, "replay", dep.model, *args]
 
 
@@ -168,7 +168,7 @@ def test_the_report_json_and_png_match_the_replayed_model(make_topic, deploy) ->
     assert len(report["replayed"]["series"]) >= 50
     # The published candidate release holds the replayed model; live shards are untouched.
     number = report["published_release"]
-    from stream.releases import ReleaseStore
+    from store.releases import ReleaseStore
 
     releases = ReleaseStore(dep.store._r, dep.store, SNAPSHOT_KEY.encode(), f"ll-{dep.model}")
     release = releases.get(dep.model, number)

@@ -1,4 +1,4 @@
-"""The session's Kafka and Redis answer, and the local stack (`stream.stack`) behaves."""
+"""The session's Kafka and Redis answer, and the local stack (`devtools.stack`) behaves."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from stream import stack
+from devtools import stack
 from tests.integration.conftest import free_port
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from river import evaluate, metrics
 
-from learners import ModelSpec, Sanitizer, SanitizeRule, SnapshotRefused
+from learners import ModelSpec, Sanitizer, SanitizeRule
+from livelearn import SnapshotRefused
 from stream.dlq import read_headers
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
@@ -309,7 +310,7 @@ def test_config_errors_stop_startup_naming_the_setting(tmp_path, model, needle) 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"models": [spec]}))
     result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "--config", str(path), "worker"],
+        [sys.executable, "-m", "cli.main", "--config", str(path), "worker"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -372,7 +373,7 @@ def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
         [
             sys.executable,
             "-m",
-            "stream.cli",
+            "cli.main",
             "--config",
             str(dep.config_path),
             "models",
@@ -406,7 +407,7 @@ def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
     }
     assert 0 <= shard["metrics"]["Accuracy"] <= 1 and shard["snapshot_bytes"] > 0
     listed = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "--config", str(dep.config_path), "models", "list"],
+        [sys.executable, "-m", "cli.main", "--config", str(dep.config_path), "models", "list"],
         env=dep.env,
         capture_output=True,
         text=True,

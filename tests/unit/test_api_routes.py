@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from serving._errors import InvalidFeatures, ModelNotLoaded, UnknownModel
+from livelearn.errors import InvalidFeatures, ModelNotLoaded, UnknownModel
 from serving.api import create_app
 from serving.lookup import Prediction
 from serving.metrics import ServingMetrics
-from stream.settings import Settings
+from settings import Settings
 
 TOKEN = "t0k3n-unit-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream import EventDecoder, InvalidEvent
-from stream.settings import EventSettings
+from livelearn import InvalidEvent
+from settings import EventSettings
+from stream import EventDecoder
 
 
 @pytest.fixture

@@ -13,13 +13,8 @@ from typing import Any
 import pytest
 import river
 
-from learners import (
-    SNAPSHOT_FORMAT,
-    SnapshotCodec,
-    SnapshotError,
-    SnapshotIncompatible,
-    SnapshotRefused,
-)
+from learners import SNAPSHOT_FORMAT, SnapshotCodec
+from livelearn import SnapshotError, SnapshotIncompatible, SnapshotRefused
 
 KEY = b"snapshot-test-key"
 MakeCodec = Callable[..., SnapshotCodec]
@@ -245,7 +240,8 @@ def test_signature_is_checked_in_constant_time(
 
 
 def test_load_learner_refuses_a_signed_blob_that_is_not_a_learner() -> None:
-    from learners import SnapshotCodec, SnapshotRefused, load_learner
+    from learners import SnapshotCodec, load_learner
+    from livelearn import SnapshotRefused
 
     codec = SnapshotCodec(b"k" * 32)
     with pytest.raises(SnapshotRefused, match="holds a dict, not a Learner"):

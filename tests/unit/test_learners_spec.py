@@ -11,11 +11,11 @@ from river import compose, drift, forest, linear_model, metrics, optim, preproce
 
 from learners import (
     CheckpointPolicy,
-    LearnersError,
     ModelSpec,
     RiverRef,
-    SpecError,
 )
+from livelearn import LivelearnError as LearnersError
+from livelearn import SpecError
 
 SpecData = Callable[..., dict[str, Any]]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream import ConfigError
-from stream.settings import load_settings
+from livelearn import ConfigError
+from settings import load_settings
 
 SPEC = {
     "name": "m",

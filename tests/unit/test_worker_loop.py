@@ -13,10 +13,10 @@ import pytest
 from kafka import TopicPartition
 
 from learners import SnapshotCodec
-from stream import StaleEpochError
-from stream.checkpoint import Checkpoint, ShardId
+from livelearn import StaleEpochError
+from settings import Settings
+from store.checkpoints import Checkpoint, ShardId
 from stream.metrics import WorkerMetrics
-from stream.settings import Settings
 from stream.worker import Worker
 
 Record = namedtuple("Record", "topic partition offset key value")

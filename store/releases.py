@@ -27,14 +27,10 @@ from typing import Any, Literal
 
 import redis
 
-from stream._errors import StreamError
-from stream.checkpoint import Checkpoint, RedisCheckpointStore, ShardId
+from livelearn.errors import ReleaseError
+from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 
 ReleaseSource = Literal["live", "replay"]
-
-
-class ReleaseError(StreamError, ValueError):
-    """A release does not exist, cannot be made, or fails verification."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from learners import ModelSpec
-from stream._errors import ConfigError
+from livelearn.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/livelearn.yaml")
 ENV_PREFIX = "LIVELEARN_"

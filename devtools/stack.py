@@ -14,7 +14,7 @@ Layout of ``state_dir``::
     redis/                   redis-server's working dir; redis/stdout.log its log
     kafka.pid  redis.pid  ports.json  .lock
 
-Run ``python -m stream.stack up|down|status [STATE_DIR]`` for a shell; ``up`` prints the
+Run ``python -m devtools.stack up|down|status [STATE_DIR]`` for a shell; ``up`` prints the
 ``NAME=value`` lines that point livelearn's settings at the stack.
 """
 
@@ -43,7 +43,7 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from stream._errors import StreamError
+from livelearn.errors import StackError
 
 __all__ = ["StackError", "StackInfo", "down", "kafka_libs", "status", "up", "wipe"]
 
@@ -75,10 +75,6 @@ _SERVICES: tuple[Service, ...] = ("kafka", "redis")
 # Processes started by this interpreter. Holding their Popen lets `down` reap them, and keeps
 # Popen.__del__ from warning (ResourceWarning) about a child that is meant to outlive it.
 _children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class StackError(StreamError, RuntimeError):
-    """The local stack cannot start, or was asked for something it cannot do."""
 
 
 @dataclass(frozen=True)
@@ -596,9 +592,9 @@ def _progress(message: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m stream.stack up|down|status [STATE_DIR]``."""
+    """``python -m devtools.stack up|down|status [STATE_DIR]``."""
     if len(argv) not in (1, 2) or argv[0] not in ("up", "down", "status"):
-        print("usage: python -m stream.stack up|down|status [STATE_DIR]", file=sys.stderr)
+        print("usage: python -m devtools.stack up|down|status [STATE_DIR]", file=sys.stderr)
         return 2
     state_dir = Path(argv[1]) if len(argv) == 2 else DEFAULT_STATE_DIR
     try:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import redis
 
-from stream._errors import StaleEpochError
+from livelearn.errors import StaleEpochError
 
 
 @dataclass(frozen=True, order=True)

@@ -12,7 +12,8 @@ import yaml
 from kafka import KafkaConsumer
 
 from learners import ModelSpec
-from stream._errors import ConfigError
+from livelearn.errors import ConfigError
+from settings import Settings
 from stream.replay import (
     parse_offsets,
     parse_start,
@@ -23,7 +24,6 @@ from stream.replay import (
     run_replay,
     write_report,
 )
-from stream.settings import Settings
 
 
 def register(sub: Any) -> None:
@@ -50,11 +50,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a replay from the parsed arguments; print where the report went."""
-    from stream.app import connect_redis, ensure_topics
-    from stream.checkpoint import RedisCheckpointStore
-    from stream.cli import _settings
+    from cli.main import _settings
+    from store.checkpoints import RedisCheckpointStore
+    from store.connection import connect_redis
+    from store.releases import ReleaseStore
+    from stream.app import ensure_topics
     from stream.dlq import KafkaDeadLetterSink, dlq_topic
-    from stream.releases import ReleaseStore
 
     settings = _settings(args)
     spec = _spec(settings, args)

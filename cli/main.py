@@ -16,19 +16,44 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from stream._errors import StreamError
-from stream._logging import setup_logging
+from cli.logs import setup_logging
+from livelearn.errors import (
+    ConfigError,
+    LivelearnError,
+    ReleaseError,
+    ServiceUnavailable,
+    SnapshotError,
+    StackError,
+)
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from settings import Settings
 
 log = logging.getLogger("livelearn")
 
 STACK_DIR = Path(os.environ.get("LIVELEARN_STACK_DIR", ".stack"))
 
 
+# Exit codes, as the README lists them. Anything not below is a bug: Python prints its
+# traceback and exits 1.
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2  # a setting or an argument is wrong (ConfigError, ReleaseError)
+EXIT_NOT_FOUND = 3  # the command found nothing to show (no checkpoints, no local stack)
+EXIT_BAD_DATA = 65  # sysexits' EX_DATAERR: a stored snapshot or release cannot be used
+EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: Kafka or Redis does not answer
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C before the end (replay writes a partial report)
+
+EXIT_CODES: tuple[tuple[type[LivelearnError], int], ...] = (
+    (ConfigError, EXIT_BAD_SETTINGS),
+    (ReleaseError, EXIT_BAD_SETTINGS),
+    (ServiceUnavailable, EXIT_UNAVAILABLE),
+    (StackError, EXIT_UNAVAILABLE),
+    (SnapshotError, EXIT_BAD_DATA),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``livelearn`` console script."""
+    """Entry point of the ``livelearn`` console script; returns the exit code."""
     # Until a command installs its own handlers (a worker stops after a final checkpoint),
     # a stop leaves at once: nothing has started yet. The heavy imports come after this.
     previous = {}
@@ -38,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         parser = _parser()
         args = parser.parse_args(argv)
         return int(args.func(args))
-    except StreamError as exc:
+    except LivelearnError as exc:
+        code = next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), None)
+        if code is None:
+            raise  # raised on purpose but never expected here: a bug, with its traceback
         print(f"livelearn: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # learners.SpecError and friends from settings
-        print(f"livelearn: {exc}", file=sys.stderr)
-        return 2
+        return code
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -105,9 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     mf.add_argument("name")
     mf.set_defaults(func=_cmd_models_follow)
 
-    from stream import replay_command
+    from cli import replay
 
-    replay_command.register(sub)
+    replay.register(sub)
 
     pr = sub.add_parser("produce", help="stream a bundled River data set into a topic")
     pr.add_argument("topic")
@@ -122,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    from stream.settings import load_settings
+    from settings import load_settings
 
     return load_settings(args.config)
 
@@ -142,7 +167,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from stream import stack
+    from devtools import stack
 
     if args.action == "up":
         info = stack.up(STACK_DIR)
@@ -154,21 +179,21 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         status = stack.status(STACK_DIR)
         if status is None:
             print("not running", file=sys.stderr)
-            return 1
+            return EXIT_NOT_FOUND
         print("\n".join(status.env_lines()))
     return 0
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from stream.app import connect_redis
-    from stream.checkpoint import RedisCheckpointStore
+    from store.checkpoints import RedisCheckpointStore
+    from store.connection import connect_redis
 
     settings = _load(args)
     return RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from stream.inspect_models import describe_model
+    from cli.models import describe_model
 
     store = _store(args)
     rows = [describe_model(store, m) for m in store.models()]
@@ -184,20 +209,20 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    from stream.inspect_models import describe_model, format_model
+    from cli.models import describe_model, format_model
 
     desc = describe_model(_store(args), args.name)
     if not desc["shards"]:
         print(f"livelearn: no checkpoints for model {args.name!r}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_FOUND
     print(json.dumps(desc, indent=2) if args.json else format_model(desc))
     return 0
 
 
 def _release_store(args: argparse.Namespace) -> Any:
-    from stream.app import connect_redis
-    from stream.checkpoint import RedisCheckpointStore
-    from stream.releases import ReleaseStore
+    from store.checkpoints import RedisCheckpointStore
+    from store.connection import connect_redis
+    from store.releases import ReleaseStore
 
     settings = _load(args)
     client = connect_redis(settings)
@@ -217,7 +242,7 @@ def _cmd_models_release(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_releases(args: argparse.Namespace) -> int:
-    from stream.releases import ReleaseError
+    from livelearn.errors import ReleaseError
 
     releases = _release_store(args)
     pinned = releases.pinned(args.name)
@@ -265,7 +290,7 @@ def _cmd_models_follow(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from stream.produce import dataset_events, produce_events
+    from devtools.produce import dataset_events, produce_events
 
     settings = _load(args)
     bootstrap, _ = settings.require_services()
@@ -279,10 +304,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from livelearn.errors import ConfigError
     from serving.api import create_app
     from serving.lookup import Lookup
     from serving.metrics import ServingMetrics
-    from stream._errors import ConfigError
 
     settings = _settings(args)
     if not any(t.get_secret_value().strip() for t in settings.serving.tokens):
@@ -321,7 +346,7 @@ def _with_local_services(args: argparse.Namespace) -> Settings:
     """Settings, starting the local stack and dev keys when none are configured."""
     settings = _load(args)
     if not settings.kafka.bootstrap_servers or not settings.redis.url:
-        from stream import stack
+        from devtools import stack
 
         print("no Kafka/Redis configured: starting the local stack (livelearn stack up)")
         info = stack.up(STACK_DIR)
@@ -363,9 +388,9 @@ def _dev_keys() -> dict[str, str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
+    from cli.models import describe_model, format_model
+    from devtools.produce import dataset_events, produce_events
     from stream.app import build_worker, ensure_topics
-    from stream.inspect_models import describe_model, format_model
-    from stream.produce import dataset_events, produce_events
     from stream.worker import ShardProgress, summarize
 
     settings = _with_local_services(args)
@@ -432,8 +457,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     threading.Thread(target=stop_when_caught_up, name="demo-watch", daemon=True).start()
     proc.run()
     print()
-    from stream.app import connect_redis
-    from stream.checkpoint import RedisCheckpointStore
+    from store.checkpoints import RedisCheckpointStore
+    from store.connection import connect_redis
 
     store = RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
     print(format_model(describe_model(store, spec.name)))

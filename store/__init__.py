@@ -1,0 +1,25 @@
+"""The Redis store that the worker side writes and the serving side reads.
+
+- `store.checkpoints`: one checkpoint per (model, topic, partition), written atomically
+  with its fencing epoch, and the update channel that announces each write;
+- `store.releases`: numbered, signed freezes of a model's shards, and which one is served;
+- `store.connection`: Redis clients from settings.
+
+It imports neither `stream` nor `serving`; both import it.
+"""
+
+from __future__ import annotations
+
+from store.checkpoints import Checkpoint, CheckpointStore, RedisCheckpointStore, ShardId
+from store.connection import connect_redis, redis_client
+from store.releases import ReleaseStore
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "RedisCheckpointStore",
+    "ReleaseStore",
+    "ShardId",
+    "connect_redis",
+    "redis_client",
+]
