@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         probe.close()
-    # Read in this process even with kafka.fetch_in_child: measured on a 150k-event
-    # replay, a child fetcher was no faster here (0.49 against 0.53 of River's loop).
+    # Read in this process even with kafka.fetch_in_child: a replay assigns its partitions
+    # and reads positions, which a KafkaConsumer offers and the child fetcher does not.
+    # bench/bench_replay.py (`make bench`) measures the replay's rate against River's loop.
     consumer = KafkaConsumer(**config)
     dlq = None
     if args.dlq:

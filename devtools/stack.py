@@ -52,7 +52,8 @@ DEFAULT_KAFKA_PORT = 19092
 DEFAULT_REDIS_PORT = 16379
 HOST = "127.0.0.1"
 
-# A cold broker on two cores answers within ~10 s; a busy CI machine may take several times that.
+# Room for a busy CI machine, several times slower than an idle one; `up` prints how long
+# the broker took ("Kafka is ready after ...").
 KAFKA_READY_TIMEOUT_S = 60.0
 REDIS_READY_TIMEOUT_S = 15.0
 # Kafka's controlled shutdown takes a few seconds; past this the process is killed.
@@ -303,7 +304,7 @@ def _cluster_id() -> str:
 def _server_properties(data: Path, port: int) -> str:
     controller = port + 1
     return f"""\
-# Written by stream/stack.py on each start; edits are overwritten.
+# Written by devtools/stack.py on each start; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller}
@@ -329,7 +330,7 @@ group.initial.rebalance.delay.ms=0
 
 def _log4j2_properties(log_file: Path) -> str:
     return f"""\
-# Written by stream/stack.py on each start; edits are overwritten.
+# Written by devtools/stack.py on each start; edits are overwritten.
 status = warn
 appender.file.type = RollingFile
 appender.file.name = file

@@ -47,9 +47,9 @@ class SnapshotCodec:
     key
         The HMAC-SHA256 key shared by every writer and reader; must not be empty.
     compress_level
-        zlib level, 1 to 9, or 0 (the default) for none. Measured on a Hoeffding tree after
-        40k events: pickle 0.92 MB in 15 ms, zlib level 1 then takes 25 ms to save 17%, while
-        Redis stores a megabyte in 0.4 ms; compression only pays on a slow or metered link.
+        zlib level, 1 to 9, or 0 (the default) for none. Compression costs the worker's
+        thread time at every checkpoint and pays only on a slow or metered link to Redis;
+        bench/bench_worker.py measures the worker with checkpoints at this default.
 
     Examples
     --------

@@ -240,9 +240,10 @@ class CheckpointPolicy(_Spec):
     """Checkpoint a shard after ``every_events`` learned events or ``every_seconds``, whichever
     comes first."""
 
-    # Time bounds freshness (a served model is at most ~1 s behind) and, with the
-    # count, the work redone after a crash. 10k events keeps snapshot cost under ~5%
-    # even for trees (a 2.5 MB Hoeffding tree pickles in ~28 ms) at their full rate.
+    # Time bounds freshness and, with the count, the work redone after a crash; the
+    # count keeps snapshot cost a small share of learning time even for trees at their
+    # full rate. `make bench` measures both: freshness in bench/bench_api.py, throughput
+    # at this cadence in bench/bench_worker.py.
     every_events: int = Field(default=10_000, gt=0)
     every_seconds: float = Field(default=1.0, gt=0)
 

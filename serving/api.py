@@ -45,8 +45,9 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("livelearn.api")
 
-# Batches up to this size run on the event loop (microseconds each); larger ones go to a
-# thread so one big batch does not hold up every other request.
+# Batches up to this size run on the event loop (each prediction is short: bench/bench_api.py
+# measures it); larger ones go to a thread so one big batch does not hold up every other
+# request.
 _INLINE_BATCH = 32
 # What a River model raises on features it cannot use; the caller's fault, so a 422.
 _MODEL_ERRORS = (TypeError, ValueError, ArithmeticError)

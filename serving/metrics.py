@@ -6,7 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServingMetrics"]
 
-# From 100 us (an in-process lookup) to 1 s (a large batch over HTTP).
+# Request buckets span an in-process lookup to a large batch over HTTP; lookup buckets, a
+# one-shard prediction to a large ensemble (bench/bench_lookup.py and bench/bench_api.py
+# show where the real figures fall).
 _REQUEST_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LOOKUP_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1)
 

@@ -52,8 +52,9 @@ class KafkaSettings(_Section):
     # Must exceed the time to learn one poll batch plus a checkpoint of every shard.
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     max_poll_records: int = Field(2000, ge=1)
-    # kafka-python parses records in Python; bigger fetches cut the per-event cost
-    # (measured 9 -> 6 us/event going from 1 MiB to 8 MiB). fetch_max_bytes caps the total.
+    # kafka-python parses records in Python; bigger fetches cut its per-event cost, which
+    # bench/bench_worker.py's "kafka+json" column measures at these sizes. fetch_max_bytes
+    # caps the total.
     max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     poll_timeout_ms: int = Field(200, ge=1)

@@ -9,8 +9,8 @@
 - `stream.replay`: the same code over a historical range of a topic.
 
 The names below load on first use: the Kafka fetch process imports `stream.fetcher`, and
-importing this package must not make it load River and pydantic first (its start-up time
-is part of a rebalance; ``make bench`` shows where a worker's start-up goes).
+importing this package must not make it load River and pydantic first: the child starts
+with every worker, and a worker's start-up delays its first rebalance.
 """
 
 from __future__ import annotations

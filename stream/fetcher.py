@@ -1,10 +1,11 @@
 """A Kafka consumer in a child process, so fetching and parsing use a second core.
 
-kafka-python parses records in Python: 7-9 µs an event on these machines, half of a
-linear model's whole update, all under the worker's GIL. ``ProcessConsumer`` runs the
-real ``KafkaConsumer`` (group membership, heartbeats, fetching, parsing) in a child
-process and hands the worker batches of plain records through a pipe; the worker's
-own thread keeps the learning. It implements the worker's ``Consumer`` protocol.
+kafka-python parses records in Python, under the worker's GIL, at a cost per event
+that is a large share of a linear model's whole update (``make bench``:
+bench/bench_worker.py's "kafka+json" and "child saves" columns). ``ProcessConsumer``
+runs the real ``KafkaConsumer`` (group membership, heartbeats, fetching, parsing) in a
+child process and hands the worker batches of plain records through a pipe; the
+worker's own thread keeps the learning. It implements the worker's ``Consumer`` protocol.
 
 Ordering is what keeps exactly-once intact: the child sends a batch, a revocation or
 an assignment in the order the consumer produced them, and while a rebalance callback
@@ -20,9 +21,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -32,8 +33,29 @@ from livelearn.errors import ServiceUnavailable
 log = logging.getLogger("livelearn.fetcher")
 
 
+class KafkaRecord(Protocol):
+    """A consumed Kafka record, as the worker and its ``on_batch`` hook read it.
+
+    kafka-python's ``ConsumerRecord`` (a consumer in this process) and ``Record`` (from
+    ``ProcessConsumer``) both have these fields, by name; their positions differ.
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 class Record(NamedTuple):
-    """The parts of a Kafka record the worker reads."""
+    """The parts of a Kafka record the worker reads, as ``ProcessConsumer`` hands them over."""
 
     topic: str
     partition: int
@@ -42,6 +64,30 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+
+
+# The messages on the pipe, a kind first.
+_Pairs: TypeAlias = list[tuple[str, int]]  # (topic, partition) of each partition
+# A record less its topic and partition: offset, timestamp, key, value, headers.
+_Row: TypeAlias = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
+# One partition's records: topic, partition, rows, high watermark.
+_Batch: TypeAlias = tuple[str, int, list[_Row], int | None]
+_ToWorker: TypeAlias = (
+    tuple[Literal["ready"]]
+    | tuple[Literal["records"], list[_Batch]]
+    | tuple[Literal["revoke", "assign"], _Pairs]
+    | tuple[Literal["error"], str]
+    | tuple[Literal["closed"]]
+)
+_ToChild: TypeAlias = (
+    tuple[Literal["config"], dict[str, Any], int]
+    | tuple[Literal["subscribe"], list[str]]
+    | tuple[Literal["seek"], str, int, int]
+    | tuple[Literal["seek_to_beginning", "seek_to_end", "pause"], _Pairs]
+    | tuple[Literal["commit"], list[tuple[str, int, int]]]
+    | tuple[Literal["done"]]
+    | tuple[Literal["close"]]
+)
 
 
 class ProcessConsumer:
@@ -62,7 +108,15 @@ class ProcessConsumer:
         self._listener: Any = None
         self._highwater: dict[TopicPartition, int | None] = {}
         self._closed = False
-        kind, *rest = self._recv(start_timeout)
+        answer = self._recv(start_timeout)
+        if answer is None:  # no answer at all: the child hangs or died without a word
+            self._proc.kill()
+            self._proc.wait(5)
+            self._conn.close()
+            raise ServiceUnavailable(
+                f"the Kafka fetch process did not answer within {start_timeout:.0f} s"
+            )
+        kind, *rest = answer
         if kind != "ready":
             self._proc.wait(5)
             raise ServiceUnavailable(f"the Kafka fetch process failed to start: {rest}")
@@ -73,23 +127,24 @@ class ProcessConsumer:
         self._listener = listener
         self._send(("subscribe", list(topics)))
 
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[KafkaRecord]]:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             message = self._recv(max(0.0, deadline - time.monotonic()))
             if message is None:
                 return {}
-            kind = message[0]
-            if kind == "records":
+            if message[0] == "records":
                 return self._batches(message[1])
-            if kind in ("revoke", "assign"):
+            if message[0] in ("revoke", "assign"):
                 tps = [TopicPartition(t, p) for t, p in message[1]]
-                if kind == "revoke":
+                if message[0] == "revoke":
                     self._listener.on_partitions_revoked(tps)
                 else:
                     self._listener.on_partitions_assigned(tps)
                 self._send(("done",))
-            elif kind == "error":
+            elif message[0] == "error":
                 raise ServiceUnavailable(f"the Kafka fetch process failed: {message[1]}")
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -110,7 +165,7 @@ class ProcessConsumer:
     def commit_async(
         self,
         offsets: dict[TopicPartition, OffsetAndMetadata],
-        callback: Callable[[dict[TopicPartition, OffsetAndMetadata], Any], None],
+        callback: Callable[[dict[TopicPartition, OffsetAndMetadata], object], None],
     ) -> None:
         self.commit(offsets)
 
@@ -142,8 +197,8 @@ class ProcessConsumer:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _batches(self, payload: list[Any]) -> dict[TopicPartition, list[Record]]:
-        out = {}
+    def _batches(self, payload: list[_Batch]) -> dict[TopicPartition, list[KafkaRecord]]:
+        out: dict[TopicPartition, list[KafkaRecord]] = {}
         make = Record._make
         for topic, partition, rows, highwater in payload:
             tp = TopicPartition(topic, partition)
@@ -151,17 +206,18 @@ class ProcessConsumer:
             out[tp] = [make((topic, partition, *row)) for row in rows]
         return out
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: _ToChild) -> None:
         try:
             self._conn.send(message)
         except (BrokenPipeError, OSError):
             raise ServiceUnavailable("the Kafka fetch process has exited") from None
 
-    def _recv(self, timeout: float) -> Any:
+    def _recv(self, timeout: float) -> _ToWorker | None:
         try:
             if not self._conn.poll(timeout):
                 return None
-            return self._conn.recv()
+            message: _ToWorker = self._conn.recv()
+            return message
         except (EOFError, OSError):
             code = self._proc.poll()
             raise ServiceUnavailable(f"the Kafka fetch process has exited (code {code})") from None
@@ -248,29 +304,29 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer.close()
         self.conn.send(("closed",))
 
-    def recv(self) -> Any:
+    def recv(self) -> _ToChild:
         try:
-            return self.conn.recv()
+            message: _ToChild = self.conn.recv()
+            return message
         except (EOFError, OSError):
             raise _Gone() from None
 
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
+    def handle(self, message: _ToChild) -> None:
         c = self.consumer
-        if kind == "subscribe":
+        if message[0] == "subscribe":
             for topic in message[1]:  # metadata first: a just-created topic gets assigned
                 c.partitions_for_topic(topic)
             c.subscribe(message[1], listener=self)
             self.subscribed = True
-        elif kind == "seek":
+        elif message[0] == "seek":
             c.seek(TopicPartition(message[1], message[2]), message[3])
-        elif kind == "seek_to_beginning":
+        elif message[0] == "seek_to_beginning":
             c.seek_to_beginning(*(TopicPartition(t, p) for t, p in message[1]))
-        elif kind == "seek_to_end":
+        elif message[0] == "seek_to_end":
             c.seek_to_end(*(TopicPartition(t, p) for t, p in message[1]))
-        elif kind == "pause":
+        elif message[0] == "pause":
             c.pause(*(TopicPartition(t, p) for t, p in message[1]))
-        elif kind == "commit":
+        elif message[0] == "commit":
             offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for t, p, o in message[1]}
             try:
                 # Inside a rebalance callback (kafka-python's IO thread) only async commits
@@ -278,10 +334,10 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                 c.commit_async(offsets)
             except Exception as exc:
                 log.warning("offset commit failed: %s", exc)
-        elif kind == "close":
+        elif message[0] == "close":
             self.closing = True
 
-    def _callback(self, kind: str, tps: Any) -> None:
+    def _callback(self, kind: Literal["revoke", "assign"], tps: Iterable[TopicPartition]) -> None:
         if self.gone or (self.closing and kind == "assign"):
             return
         try:
@@ -295,8 +351,8 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
             self.gone = True
             self.closing = True
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self._callback("revoke", revoked)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._callback("assign", assigned)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -34,6 +34,7 @@ from settings import Settings
 from store.checkpoints import CheckpointStore, ShardId
 from stream.decode import EventDecoder
 from stream.dlq import DeadLetterSink
+from stream.fetcher import KafkaRecord
 from stream.metrics import WorkerMetrics
 
 log = logging.getLogger("livelearn.worker")
@@ -45,7 +46,9 @@ class Consumer(Protocol):
     """The part of kafka-python's ``KafkaConsumer`` the worker uses."""
 
     def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None: ...
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]: ...
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[KafkaRecord]]: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, *partitions: TopicPartition) -> None: ...
     def seek_to_end(self, *partitions: TopicPartition) -> None: ...
@@ -54,8 +57,8 @@ class Consumer(Protocol):
     def commit_async(
         self,
         offsets: dict[TopicPartition, OffsetAndMetadata],
-        callback: Callable[[dict[TopicPartition, OffsetAndMetadata], Any], None],
-    ) -> Any: ...
+        callback: Callable[[dict[TopicPartition, OffsetAndMetadata], object], None],
+    ) -> object: ...
     def highwater(self, partition: TopicPartition) -> int | None: ...
     def close(self) -> None: ...
 
@@ -75,9 +78,10 @@ class Shard:
     reported_learned: int = 0
     reported_scored: int = 0
     reported_drift: int = 0
-    # Looked up once, not per event: the loop runs ~50k times a second.
-    process: Callable[[Any, Any, int], Any] = field(init=False)
-    sanitize: Callable[[Any], dict[str, Any]] | None = field(init=False)
+    # Looked up once, not per event: the loop reads them for every event
+    # (bench/bench_worker.py measures its rate).
+    process: Callable[[Mapping[str, Any], Any, int], Any] = field(init=False)
+    sanitize: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(init=False)
     label_field: str = field(init=False)
     every_events: int = field(init=False)
 
@@ -130,7 +134,7 @@ class Worker:
         metrics: WorkerMetrics,
         *,
         on_progress: Callable[[list[ShardProgress], float], None] | None = None,
-        on_batch: Callable[[Partition, list[Any]], None] | None = None,
+        on_batch: Callable[[Partition, list[KafkaRecord]], None] | None = None,
     ) -> None:
         if not settings.models:
             raise ValueError("no models configured: add at least one entry under 'models'")
@@ -252,12 +256,12 @@ class Worker:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def _handle(self, part: Partition, records: list[Any]) -> None:
+    def _handle(self, part: Partition, records: list[KafkaRecord]) -> None:
         decode = part.decoder.decode
         shards = part.shards
         timed = False  # the first learn of each batch is timed for the latency histogram
         for rec in records:
-            offset: int = rec.offset
+            offset = rec.offset
             try:
                 event = decode(rec.value)
             except InvalidEvent as exc:
@@ -291,7 +295,7 @@ class Worker:
                 shards = part.shards
         self._report_counts(part)
 
-    def _dead_letter(self, part: Partition, rec: Any, exc: InvalidEvent) -> None:
+    def _dead_letter(self, part: Partition, rec: KafkaRecord, exc: InvalidEvent) -> None:
         self._dlq.send(
             rec.topic,
             rec.value,
@@ -382,10 +386,10 @@ class Worker:
     def _commit(self, parts: Iterable[Partition], wait: bool = False) -> None:
         """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth).
 
-        In the loop and on revoke the commit is asynchronous: a synchronous one costs a
-        broker round trip (~20 ms measured), as much as learning 1000 linear-model
-        events, and is refused inside a rebalance listener. On shutdown it waits, so
-        the group sees the final offsets.
+        In the loop and on revoke the commit is asynchronous: a synchronous one waits for a
+        broker round trip, time the loop would otherwise spend learning many events, and
+        is refused inside a rebalance listener. On shutdown it waits, so the group sees
+        the final offsets.
         """
         offsets = {}
         for part in parts:
@@ -595,7 +599,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker._assign(assigned)
 
 
-def _log_commit_failure(offsets: dict[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+def _log_commit_failure(offsets: dict[TopicPartition, OffsetAndMetadata], result: object) -> None:
     if isinstance(result, Exception):
         log.warning("offset commit failed: %s", result)
 

@@ -1,0 +1,147 @@
+"""A model's served state read from Redis: its latest checkpoints or a release, each
+snapshot's signature verified before it is unpickled.
+
+A refused blob (bad signature, unloadable) is logged with its shard and version and
+counted, and the same version is not tried again; a refused release is not tried again
+at all (releases never change). A shard that disappears from Redis keeps its last state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from learners import Learner, ModelSpec, SnapshotCodec, load_learner
+from livelearn.errors import ReleaseError, SnapshotError
+from serving._state import LoadedShard, ServedState
+from serving.metrics import ServingMetrics
+from store.checkpoints import RedisCheckpointStore, ShardId
+from store.releases import ReleaseStore
+
+__all__ = ["StateLoader"]
+
+log = logging.getLogger("livelearn.serving")
+
+
+class StateLoader:
+    """Builds served states from the checkpoint and release stores, counting refusals in
+    ``metrics.snapshots_refused``."""
+
+    def __init__(
+        self,
+        store: RedisCheckpointStore,
+        releases: ReleaseStore,
+        codec: SnapshotCodec,
+        metrics: ServingMetrics,
+    ) -> None:
+        self._store = store
+        self._releases = releases
+        self._codec = codec
+        self._metrics = metrics
+        self._refused: dict[ShardId, tuple[int, float]] = {}
+        self._refused_releases: dict[str, int] = {}  # releases are immutable: refuse once
+
+    def latest(self, current: ServedState) -> ServedState | None:
+        """The model of ``current`` at its latest checkpoints; None when nothing changed.
+
+        While ``current`` follows the latest checkpoints, only the shards whose version
+        changed are loaded again. A release's state is replaced whole.
+
+        Raises
+        ------
+        redis.RedisError
+            Redis does not answer.
+
+        """
+        following = current.release is None
+        held = {s.id: s for s in current.shards} if following else {}
+        ids = self._store.shards(current.spec.name)
+        changed = not following
+        for shard_id, stamp in zip(ids, self._store.stamps(ids), strict=True):
+            old = held.get(shard_id)
+            if stamp is None or self._refused.get(shard_id) == stamp:
+                continue
+            if old is not None and (old.version, old.updated_at) == stamp:
+                continue
+            fresh = self._load_shard(shard_id)
+            if fresh is not None:
+                held[shard_id] = fresh
+                changed = True
+        return ServedState.build(current.spec, None, held.values()) if changed else None
+
+    def release(self, spec: ModelSpec, number: int) -> ServedState | None:
+        """Release ``number`` as a state, or None when it is refused (logged and counted,
+        now or before).
+
+        Raises
+        ------
+        redis.RedisError
+            Redis does not answer.
+
+        """
+        if self._refused_releases.get(spec.name) == number:
+            return None
+        try:
+            release = self._releases.get(spec.name, number)
+        except ReleaseError as exc:
+            self._refused_releases[spec.name] = number
+            self._metrics.snapshots_refused.labels(spec.name).inc()
+            log.error(
+                "release refused: %s; the current state keeps serving",
+                exc,
+                extra={"fields": {"model": spec.name, "release": number}},
+            )
+            return None
+        shards = []
+        for entry in release.shards.values():
+            where = f"{entry.shard} of release {number}"
+            learner = self._decode(spec.name, where, entry.blob)
+            if learner is None:
+                self._refused_releases[spec.name] = number
+                return None
+            weight = float(entry.stats.get("events_learned", learner.events_learned))
+            shards.append(
+                LoadedShard(
+                    entry.shard,
+                    learner,
+                    entry.next_offset,
+                    None,
+                    entry.updated_at,
+                    entry.stats,
+                    weight,
+                )
+            )
+        return ServedState.build(spec, number, shards)
+
+    def _load_shard(self, shard_id: ShardId) -> LoadedShard | None:
+        checkpoint = self._store.load(shard_id)
+        if checkpoint is None:
+            return None
+        where = f"{shard_id} version {checkpoint.version}"
+        learner = self._decode(shard_id.model, where, checkpoint.blob)
+        if learner is None:
+            self._refused[shard_id] = (checkpoint.version, checkpoint.updated_at)
+            return None
+        return LoadedShard(
+            shard_id,
+            learner,
+            checkpoint.next_offset,
+            checkpoint.version,
+            checkpoint.updated_at,
+            checkpoint.stats,
+            float(checkpoint.stats.get("events_learned", learner.events_learned)),
+        )
+
+    def _decode(self, model: str, where: str, blob: bytes) -> Learner | None:
+        """The learner in ``blob``, or None (logged and counted) when the blob is refused."""
+        try:
+            return load_learner(self._codec, blob)
+        except SnapshotError as exc:
+            problem = str(exc)
+        self._metrics.snapshots_refused.labels(model).inc()
+        log.error(
+            "snapshot refused: %s %s; the last good state keeps serving",
+            where,
+            problem,
+            extra={"fields": {"model": model, "snapshot": where}},
+        )
+        return None

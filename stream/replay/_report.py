@@ -1,0 +1,97 @@
+"""A replay's report: its data, and the folder it is written to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from learners import ModelSpec, combine_metrics
+from store.checkpoints import Checkpoint, ShardId
+from stream.replay._adapters import InvalidEvents
+from stream.replay._plot import plot_report
+from stream.replay._range import ReplayRange
+from stream.replay._recorder import Recorder
+from stream.replay._start import StartFrom
+
+# The live model scored beside the replayed one runs under its name plus this suffix.
+COMPARE_SUFFIX = "--live"
+
+
+def build_report(
+    spec: ModelSpec,
+    span: ReplayRange,
+    start: StartFrom,
+    initial: Mapping[ShardId, Checkpoint],
+    final: Mapping[ShardId, Checkpoint],
+    recorder: Recorder,
+    invalid: InvalidEvents,
+    elapsed: float,
+    interrupted: bool,
+) -> dict[str, Any]:
+    """The report's data: counts, rate, final and rolling metrics, series and drift."""
+
+    def during(shard: ShardId, count: str) -> int:
+        """Events counted by the shard during the replay (its start state had some)."""
+        before = initial[shard].stats.get(count, 0) if shard in initial else 0
+        return int(final[shard].stats.get(count, 0) - before)
+
+    def summary(model: str) -> dict[str, Any]:
+        shards = {s: c for s, c in final.items() if s.model == model}
+        return {
+            "events_learned": sum(during(s, "events_learned") for s in shards),
+            "events_scored": sum(during(s, "events_scored") for s in shards),
+            "shards": {
+                f"{s.topic}/{s.partition}": {
+                    "next_offset": c.next_offset,
+                    "events_learned": during(s, "events_learned"),
+                    "metrics": c.stats.get("metrics", {}),
+                    "rolling_metrics": c.stats.get("rolling_metrics", {}),
+                    "drift_detections": c.stats.get("drift_detections", 0),
+                }
+                for s, c in sorted(shards.items())
+            },
+            "metrics": _weighted(shards.values(), "metrics"),
+            "rolling_metrics": _weighted(shards.values(), "rolling_metrics"),
+            "series": recorder.series.get(model, []),
+            "drift": recorder.drift.get(model, []),
+        }
+
+    replayed = summary(spec.name)
+    events = replayed["events_scored"]
+    report: dict[str, Any] = {
+        "model": spec.name,
+        "task": spec.task,
+        "primary_metric": spec.metrics[0],
+        "start": start if isinstance(start, str) else f"release:{start}",
+        "range": span.describe(),
+        "interrupted": interrupted,
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(events / elapsed, 1) if elapsed else None,
+        "counts": {
+            "learned": replayed["events_learned"],
+            "scored": events,
+            "invalid": len(invalid.seen),
+        },
+        "invalid": invalid.seen,
+        "replayed": replayed,
+    }
+    if any(s.model == spec.name + COMPARE_SUFFIX for s in final):
+        report["compare"] = {"live": summary(spec.name + COMPARE_SUFFIX)}
+    return report
+
+
+def write_report(report: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``metrics.png`` into ``folder``; return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+    png_path = folder / "metrics.png"
+    plot_report(report, png_path)
+    return json_path, png_path
+
+
+def _weighted(rows: Iterable[Checkpoint], key: str) -> dict[str, float | None]:
+    """Metric values over shards, weighted by events learned."""
+    return combine_metrics([(r.stats.get(key, {}), r.stats.get("events_learned", 0)) for r in rows])
