@@ -79,12 +79,26 @@ class SecuritySettings(_Section):
     hash_key: SecretStr | None = None
 
 
+ProcessingErrorPolicy = Literal["dead_letter", "stop_shard"]
+
+
 class EventSettings(_Section):
     id_field: str = "id"
     ts_field: str = "ts"
     key_field: str = "key"
     features_field: str = "features"
     max_bytes: int = Field(65_536, ge=64)
+    # Events whose time is older than this many days go to the dead-letter topic
+    # (bad_timestamp); None refuses only times before 1970. Keep None for replays of history.
+    ts_max_age_days: float | None = Field(None, gt=0)
+    # Events more than this far ahead of the worker's clock (skew, a seconds-vs-ms mix-up)
+    # go to the dead-letter topic (bad_timestamp).
+    ts_max_future_s: float = Field(86_400.0, ge=0)
+    # What an exception while sanitizing, predicting, scoring or learning one event does:
+    # "dead_letter" sends the event to the dead-letter topic (reason model_error) and the
+    # shard goes on exactly as if it had never seen it; "stop_shard" also holds the shard
+    # at that event (not learned, reported by /readyz) until someone acts.
+    on_processing_error: ProcessingErrorPolicy = "dead_letter"
 
 
 class HttpSettings(_Section):

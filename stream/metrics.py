@@ -26,6 +26,13 @@ class WorkerMetrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.processing_errors = Counter(
+            "livelearn_processing_errors_total",
+            "Events a model shard raised on (sanitizing, predicting, scoring or learning), by "
+            "what the events.on_processing_error policy did: dead_lettered or shard_stopped.",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.learn_seconds = Histogram(
             "livelearn_learn_seconds",
             "Time to predict, score and learn one event (the first of each poll batch).",
@@ -86,6 +93,13 @@ class WorkerMetrics:
             "livelearn_stale_epoch_total",
             "Checkpoint writes refused because another worker owns the shard.",
             ["model"],
+            registry=r,
+        )
+        self.dead_letter_failures = Counter(
+            "livelearn_dead_letter_failures_total",
+            "Dead letters not delivered after every retry, by source topic; the shard of "
+            "each one's partition was stopped so that no checkpoint passes it.",
+            ["topic"],
             registry=r,
         )
         self.assigned_partitions = Gauge(

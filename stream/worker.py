@@ -39,7 +39,7 @@ from stream.metrics import WorkerMetrics
 
 log = logging.getLogger("livelearn.worker")
 
-Trigger = Literal["events", "time", "revoke", "shutdown"]
+Trigger = Literal["events", "time", "revoke", "shutdown", "error"]
 
 
 class Consumer(Protocol):
@@ -73,6 +73,11 @@ class Shard:
     sanitizer: Sanitizer
     epoch: int
     next_offset: int
+    # The signed snapshot of the last checkpoint (or of the fresh learner) and the events
+    # learned since: after an error mid-event the learner is rebuilt from them, exactly as
+    # if it had never seen that event (`Worker._roll_back`).
+    base_blob: bytes = b""
+    since_base: list[tuple[Mapping[str, Any], Any, int]] = field(default_factory=list)
     pending: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     reported_learned: int = 0
@@ -86,10 +91,15 @@ class Shard:
     every_events: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.process = self.learner.process
+        self.use(self.learner)
         self.sanitize = self.sanitizer.apply if self.spec.sanitize else None
         self.label_field = self.spec.label
         self.every_events = self.spec.checkpoint.every_events
+
+    def use(self, learner: Learner) -> None:
+        """Learn with ``learner`` from now on (a restored or rebuilt one)."""
+        self.learner = learner
+        self.process = learner.process
 
 
 @dataclass
@@ -264,8 +274,8 @@ class Worker:
             offset = rec.offset
             try:
                 event = decode(rec.value)
-            except InvalidEvent as exc:
-                self._dead_letter(part, rec, exc)
+            except Exception as exc:  # one policy for every failure: the dead-letter topic
+                self._dead_letter(part, rec, _as_invalid(exc, "decode_error"))
                 for shard in shards:
                     if shard.next_offset <= offset:
                         shard.next_offset = offset + 1
@@ -273,19 +283,24 @@ class Worker:
             for shard in shards:
                 if offset < shard.next_offset:
                     continue  # already in this shard's restored checkpoint
-                features = event.features
-                if shard.sanitize is not None:
-                    features = shard.sanitize(features)
-                label = event.fields.get(shard.label_field)
-                if timed:
-                    shard.process(features, label, offset)
-                else:
-                    timed = True
-                    started = time.perf_counter()
-                    shard.process(features, label, offset)
-                    self._metrics.learn_seconds.labels(shard.id.model).observe(
-                        time.perf_counter() - started
-                    )
+                try:
+                    features = event.features
+                    if shard.sanitize is not None:
+                        features = shard.sanitize(features)
+                    label = event.fields.get(shard.label_field)
+                    if timed:
+                        shard.process(features, label, offset)
+                    else:
+                        timed = True
+                        started = time.perf_counter()
+                        shard.process(features, label, offset)
+                        self._metrics.learn_seconds.labels(shard.id.model).observe(
+                            time.perf_counter() - started
+                        )
+                except Exception as exc:
+                    self._processing_error(part, shard, rec, exc)
+                    continue
+                shard.since_base.append((features, label, offset))
                 shard.next_offset = offset + 1
                 shard.pending += 1
                 if shard.pending >= shard.every_events:
@@ -294,6 +309,65 @@ class Worker:
             if shards is not part.shards:  # a shard was dropped mid-batch
                 shards = part.shards
         self._report_counts(part)
+
+    def _processing_error(
+        self, part: Partition, shard: Shard, rec: KafkaRecord, exc: Exception
+    ) -> None:
+        """One event made ``shard`` raise: roll the learner back to just before it, then
+        dead-letter the event and go on, or hold the shard there (events.on_processing_error)."""
+        offset = rec.offset
+        if not self._roll_back(part, shard):
+            return
+        model = shard.id.model
+        if self._settings.events.on_processing_error == "stop_shard":
+            self._metrics.processing_errors.labels(model, "shard_stopped").inc()
+            log.error(
+                "shard stopped at an event it cannot process (events.on_processing_error: "
+                "stop_shard): %s: %s",
+                type(exc).__name__,
+                exc,
+                extra={"fields": {"shard": str(shard.id), "offset": offset}},
+            )
+            if shard.pending:
+                self._checkpoint(part, shard, "error")  # what it learned before that event
+            self._hold(part, shard, offset)
+            return
+        self._metrics.processing_errors.labels(model, "dead_lettered").inc()
+        invalid = _as_invalid(exc, "model_error")
+        detail = f"model {model}: {invalid.detail}"
+        self._dead_letter(part, rec, InvalidEvent(invalid.reason, detail))
+        shard.next_offset = offset + 1
+        shard.pending += 1  # the skip itself must reach a checkpoint
+        # The rebuilt learner becomes the base (in memory only), so that a run of bad
+        # events costs one rebuild each, not a replay of everything since the checkpoint.
+        shard.base_blob = self._codec.encode(shard.learner)
+        shard.since_base.clear()
+
+    def _roll_back(self, part: Partition, shard: Shard) -> bool:
+        """Rebuild ``shard``'s learner from its last checkpoint and the events learned since,
+        so that a half-done update leaves no trace; False (shard held) if that fails."""
+        try:
+            learner = load_learner(self._codec, shard.base_blob)
+            for features, label, offset in shard.since_base:
+                learner.process(features, label, offset)
+        except Exception:
+            log.exception(
+                "shard cannot be rebuilt after an error; holding it at its checkpoint",
+                extra={"fields": {"shard": str(shard.id)}},
+            )
+            self._metrics.processing_errors.labels(shard.id.model, "shard_stopped").inc()
+            base = shard.since_base[0][2] if shard.since_base else shard.next_offset
+            self._hold(part, shard, base)
+            return False
+        shard.use(learner)
+        return True
+
+    def _hold(self, part: Partition, shard: Shard, offset: int) -> None:
+        """Stop learning ``shard``; it stays held at ``offset`` (reported by /readyz)."""
+        part.shards = [s for s in part.shards if s is not shard]
+        part.held[shard.id] = offset
+        if not part.shards:
+            self._consumer.pause(part.tp)
 
     def _dead_letter(self, part: Partition, rec: KafkaRecord, exc: InvalidEvent) -> None:
         self._dlq.send(
@@ -354,6 +428,8 @@ class Worker:
                 self._consumer.pause(part.tp)
             return False
         elapsed = time.perf_counter() - started
+        shard.base_blob = blob
+        shard.since_base.clear()
         shard.pending = 0
         shard.last_checkpoint = time.monotonic()
         m = self._metrics
@@ -449,7 +525,9 @@ class Worker:
         epoch, checkpoint = self._store.claim(shard_id)
         if checkpoint is None:
             learner, next_offset = Learner(spec), -1
+            base_blob = self._codec.encode(learner)
         else:
+            base_blob = checkpoint.blob
             try:
                 learner = load_learner(self._codec, checkpoint.blob)
             except SnapshotError as exc:
@@ -471,6 +549,7 @@ class Worker:
                 self._sanitizers[spec.name],
                 epoch,
                 next_offset,
+                base_blob=base_blob,
                 reported_learned=stats["events_learned"],
                 reported_scored=stats["events_scored"] - stats["events_learned"],
                 reported_drift=stats["drift_detections"],
@@ -621,3 +700,11 @@ def topic_specs(models: Iterable[ModelSpec]) -> dict[str, list[ModelSpec]]:
         for topic in spec.topics:
             out.setdefault(topic, []).append(spec)
     return out
+
+
+def _as_invalid(exc: Exception, reason: str) -> InvalidEvent:
+    """``exc`` as the dead letter's reason and detail: its own for an `InvalidEvent`, else
+    ``reason`` with the exception's type and message."""
+    if isinstance(exc, InvalidEvent):
+        return exc
+    return InvalidEvent(reason, f"{type(exc).__name__}: {exc}")
