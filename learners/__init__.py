@@ -14,6 +14,7 @@ from learners.combine import (
     partition_for_key,
     predicted_class,
 )
+from learners.labels import check_label
 from learners.learner import Learner, load_learner
 from learners.sanitize import Sanitizer
 from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
@@ -29,6 +30,7 @@ __all__ = [
     "Sanitizer",
     "SnapshotCodec",
     "Task",
+    "check_label",
     "combine_metrics",
     "combine_proba",
     "combine_values",

@@ -26,6 +26,8 @@ from learners import (
     ModelSpec,
     Sanitizer,
     SnapshotCodec,
+    Task,
+    check_label,
     combine_metrics,
     load_learner,
 )
@@ -88,12 +90,14 @@ class Shard:
     process: Callable[[Mapping[str, Any], Any, int], Any] = field(init=False)
     sanitize: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(init=False)
     label_field: str = field(init=False)
+    task: Task = field(init=False)
     every_events: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.use(self.learner)
         self.sanitize = self.sanitizer.apply if self.spec.sanitize else None
         self.label_field = self.spec.label
+        self.task = self.spec.task
         self.every_events = self.spec.checkpoint.every_events
 
     def use(self, learner: Learner) -> None:
@@ -288,6 +292,8 @@ class Worker:
                     if shard.sanitize is not None:
                         features = shard.sanitize(features)
                     label = event.fields.get(shard.label_field)
+                    if label is not None:
+                        check_label(shard.task, label)
                     if timed:
                         shard.process(features, label, offset)
                     else:
@@ -316,9 +322,15 @@ class Worker:
         """One event made ``shard`` raise: roll the learner back to just before it, then
         dead-letter the event and go on, or hold the shard there (events.on_processing_error)."""
         offset = rec.offset
+        model = shard.id.model
+        if isinstance(exc, InvalidEvent):  # bad data for this model (a label of the wrong
+            # type), found before the learner was touched: always a dead letter
+            self._dead_letter(part, rec, InvalidEvent(exc.reason, f"model {model}: {exc.detail}"))
+            shard.next_offset = offset + 1
+            shard.pending += 1
+            return
         if not self._roll_back(part, shard):
             return
-        model = shard.id.model
         if self._settings.events.on_processing_error == "stop_shard":
             self._metrics.processing_errors.labels(model, "shard_stopped").inc()
             log.error(
