@@ -129,6 +129,19 @@ def _parser() -> argparse.ArgumentParser:
     mf = msub.add_parser("follow", help="serve the latest checkpoints again (unpin)")
     mf.add_argument("name")
     mf.set_defaults(func=_cmd_models_follow)
+    mx = msub.add_parser(
+        "reset",
+        help="delete every checkpoint of the model (all shards, epochs and versions) so that "
+        "the next worker start trains it afresh with its configured spec; releases are kept",
+        description="Delete every checkpoint of the model so that the next worker start "
+        "trains it afresh, from kafka.auto_offset_reset, with the spec in the configuration: "
+        "the way forward when a worker refuses shards whose checkpoint was learned under "
+        "another spec. Releases are kept (a pinned release is still served). Stop or hold "
+        "the model's workers first.",
+    )
+    mx.add_argument("name")
+    mx.add_argument("--yes", action="store_true", help="delete; without it nothing is deleted")
+    mx.set_defaults(func=_cmd_models_reset)
 
     from cli import replay
 
@@ -286,6 +299,31 @@ def _cmd_models_rollback(args: argparse.Namespace) -> int:
 def _cmd_models_follow(args: argparse.Namespace) -> int:
     _release_store(args).follow(args.name)
     print(f"{args.name}: serving the latest checkpoints")
+    return 0
+
+
+def _cmd_models_reset(args: argparse.Namespace) -> int:
+    store = _store(args)
+    shards = store.shards(args.name)
+    if not shards:
+        print(f"livelearn: no checkpoints for model {args.name!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if not args.yes:
+        listed = ", ".join(str(s) for s in shards)
+        print(
+            f"livelearn: models reset would delete every checkpoint of model {args.name!r}: "
+            f"{len(shards)} shard(s) ({listed}), their epochs and versions, so that the next "
+            f"worker start trains it afresh; releases are kept. Run again with --yes to delete.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_SETTINGS
+    deleted = store.delete_model(args.name)
+    for shard in deleted:
+        print(f"deleted {shard}")
+    print(
+        f"{args.name}: {len(deleted)} checkpoint(s) deleted; the next worker start trains it "
+        "afresh from kafka.auto_offset_reset; its releases are kept"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ from learners.combine import (
     partition_for_key,
     predicted_class,
 )
+from learners.fingerprint import LEARNING_FIELDS, spec_changes, spec_fingerprint
 from learners.labels import check_label
 from learners.learner import Learner, load_learner
 from learners.sanitize import Sanitizer
@@ -21,6 +22,7 @@ from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
 from learners.spec import CheckpointPolicy, ModelSpec, RiverRef, SanitizeRule, Task
 
 __all__ = [
+    "LEARNING_FIELDS",
     "SNAPSHOT_FORMAT",
     "CheckpointPolicy",
     "Learner",
@@ -38,4 +40,6 @@ __all__ = [
     "murmur2",
     "partition_for_key",
     "predicted_class",
+    "spec_changes",
+    "spec_fingerprint",
 ]

@@ -7,6 +7,7 @@
     │   └── SpecError                          a model spec is invalid
     ├── ServiceUnavailable (a ConnectionError) Kafka or Redis does not answer: exit 69
     ├── InvalidEvent (also a ValueError)       an event goes to the dead-letter topic
+    ├── DeadLetterError                        dead letters not delivered after their retries
     ├── SnapshotError                          a snapshot blob cannot be loaded
     │   ├── SnapshotRefused                    unsigned, tampered with or truncated
     │   └── SnapshotIncompatible               signed, but this build cannot load it
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "DeadLetterError",
     "InvalidEvent",
     "InvalidFeatures",
     "LivelearnError",
@@ -90,6 +92,31 @@ class InvalidEvent(LivelearnError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DeadLetterError(LivelearnError):
+    """Dead letters the broker did not acknowledge after every retry; nothing was dropped.
+
+    ``sources`` are the (topic, partition, offset) of the events whose dead letters were
+    lost, and ``causes`` the last error of each, in the same order. A checkpoint must not
+    pass these offsets: the caller stops the shards of those partitions.
+    """
+
+    def __init__(self, sources: list[tuple[str, int, int]], causes: list[str]) -> None:
+        lost = "; ".join(
+            f"{topic}/{partition}@{offset}: {cause}"
+            for (topic, partition, offset), cause in zip(sources, causes, strict=True)
+        )
+        super().__init__(
+            f"{len(sources)} dead letter(s) not delivered after every retry ({lost}); "
+            "check that Kafka answers and that the dead-letter topics exist and accept "
+            "records of this size, then restart the worker: it resumes before these offsets"
+        )
+        self.sources = sources
+        self.causes = causes
+
+    def __reduce__(self) -> tuple[type[DeadLetterError], tuple[Any, ...]]:
+        return (type(self), (self.sources, self.causes))
 
 
 class SnapshotError(LivelearnError):

@@ -13,11 +13,15 @@ Keys, under ``key_prefix`` (default ``livelearn``)::
     {prefix}:shard:{model}:{topic}:{partition}   hash (blob, next_offset, epoch, …)
     {prefix}:epoch:{model}:{topic}:{partition}   fencing epoch (INCR on claim)
     {prefix}:updates:{model}                     pub/sub channel
+
+``delete_model`` removes a model's checkpoints and index entries and bumps its epochs
+(``livelearn models reset``); releases (``store/releases.py``) live under other keys.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -212,6 +216,27 @@ class RedisCheckpointStore:
         """Names of the models that have checkpoints."""
         return sorted(m.decode() for m in self._r.smembers(f"{self._prefix}:models"))  # type: ignore[union-attr]
 
+    def delete_model(self, model: str) -> list[ShardId]:
+        """Delete every checkpoint of ``model`` and its index entries; return the shards
+        whose checkpoint was deleted, in topic and partition order. Nothing is announced.
+
+        The fencing epochs are bumped, not deleted: a worker that still owns a shard of the
+        model has every later write refused, and a new owner's epoch never repeats an old one.
+        The next claim starts the shard with no checkpoint.
+        """
+        epochs = self._r.scan_iter(match=f"{_glob_escape(self._prefix)}:epoch:{model}:*")
+        epoch_keys = [k.decode() if isinstance(k, bytes) else str(k) for k in epochs]
+        shards = self.shards(model)
+        pipe = self._r.pipeline(transaction=True)
+        for key in epoch_keys:
+            pipe.incr(key)
+        for shard in shards:
+            pipe.delete(self._shard_key(shard))
+        pipe.delete(f"{self._prefix}:model:{model}:shards")
+        pipe.srem(f"{self._prefix}:models", model)
+        deleted = pipe.execute()[len(epoch_keys) : len(epoch_keys) + len(shards)]
+        return [shard for shard, n in zip(shards, deleted, strict=True) if n]
+
     def shards(self, model: str) -> list[ShardId]:
         """The model's checkpointed shards, in topic and partition order."""
         members = self._r.smembers(f"{self._prefix}:model:{model}:shards")
@@ -221,3 +246,15 @@ class RedisCheckpointStore:
             topic, _, partition = text.rpartition("/")
             out.append(ShardId(model, topic, int(partition)))
         return sorted(out)
+
+
+def _glob_escape(text: str) -> str:
+    r"""Escape Redis glob characters so ``text`` matches only itself in a SCAN pattern.
+
+    Examples
+    --------
+    >>> print(_glob_escape("live*learn[1]"))
+    live\*learn\[1\]
+
+    """
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)

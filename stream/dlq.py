@@ -1,14 +1,65 @@
-"""The dead-letter producer: malformed events, with why and where they came from."""
+"""The dead-letter producer: malformed events, with why and where they came from.
+
+Each dead letter goes to ``<source topic><suffix>`` (``payments.dlq``) with the source
+record's key and value and these headers:
+
+``livelearn.reason``, ``livelearn.detail``
+    why the event was refused (a short code, and the message).
+``livelearn.source.topic``, ``livelearn.source.partition``, ``livelearn.source.offset``
+    where the event is in its source topic.
+``livelearn.dedup_key``
+    ``<source topic>/<partition>/<offset>/<reason>``. The same source offset can be
+    dead-lettered more than once: after a crash between a dead letter and the checkpoint
+    that passes it, the worker reads the event again; and a dead letter whose
+    acknowledgement was lost is sent again. A consumer of the dead-letter topic drops
+    repeats by this key.
+``livelearn.value_cut``, ``livelearn.value_bytes``, ``livelearn.value_sha256``
+    only on a dead letter too large for the producer's ``max_request_size`` (or refused
+    as too large by the broker): its value is replaced by nothing, and these say how long
+    the original was and its SHA-256, to find it in the source topic at its offset. The
+    ``livelearn.key_*`` headers say the same of a key that was too large as well.
+
+Delivery is confirmed: `KafkaDeadLetterSink.flush` checks every dead letter's
+acknowledgement, retries the failed ones (`RetryPolicy`), and raises
+`livelearn.errors.DeadLetterError` naming the source of each one it could not deliver.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+from livelearn.errors import ConfigError, DeadLetterError
+
+log = logging.getLogger("livelearn.dlq")
+
+# kafka-python's own default, which the broker's default message.max.bytes also allows.
+DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024
+# Room for what a record costs beyond its key, value and headers (the record batch's
+# header, the length varints): above kafka-python's upper estimate, so that a dead letter
+# this module lets through is never refused by the producer's size check.
+_RECORD_OVERHEAD_BYTES = 1024
+# The detail header is for a person; the full message is in the worker's log.
+_DETAIL_CHARS = 1000
+# Room for a dead letter's own headers once its value and key are cut.
+_MIN_REQUEST_SIZE = 64 * 1024
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class DeadLetterSink(Protocol):
-    """Where the worker sends events it cannot learn from."""
+    """Where the worker sends events it cannot learn from.
+
+    ``send`` queues; ``flush`` makes every queued dead letter durable or says which were
+    not. The worker flushes before a checkpoint moves past an event it dead-lettered.
+    """
 
     def send(
         self,
@@ -20,11 +71,22 @@ class DeadLetterSink(Protocol):
         detail: str,
         source: tuple[str, int, int],
     ) -> None:
-        """Queue one dead letter; ``source`` is (topic, partition, offset)."""
+        """Queue one dead letter; ``source`` is (topic, partition, offset). Never raises
+        for a failed or too large dead letter: `flush` reports it."""
         ...
 
     def flush(self) -> None:
-        """Block until every queued dead letter is acknowledged."""
+        """Block until every queued dead letter is acknowledged, retrying failed ones.
+
+        Raises
+        ------
+        DeadLetterError
+            Some dead letters were not acknowledged after every retry; its ``sources`` are
+            their (topic, partition, offset), which no checkpoint may pass: the caller stops
+            those shards. flush raises DeadLetterError; nothing was lost silently. The
+            dead letters it names are no longer queued, the others were delivered.
+
+        """
         ...
 
 
@@ -37,19 +99,180 @@ def dlq_topic(topic: str, suffix: str) -> str:
     return topic + suffix
 
 
-class KafkaDeadLetterSink:
-    """``DeadLetterSink`` writing to ``<topic><suffix>`` with reason headers."""
+def dedup_key(source: tuple[str, int, int], reason: str) -> str:
+    """The ``livelearn.dedup_key`` header: the same for every repeat of a dead letter.
 
-    def __init__(self, bootstrap_servers: str, suffix: str, client_id: str) -> None:
-        # acks=all: a dead letter must be durable before the checkpoint that skips it.
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{client_id}-dlq",
-            acks="all",
-            linger_ms=5,
-        )
+    >>> dedup_key(("payments", 3, 1042), "not_json")
+    'payments/3/1042/not_json'
+    """
+    topic, partition, offset = source
+    return f"{topic}/{partition}/{offset}/{reason}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times a dead letter is sent, and how long to wait between the attempts
+    (as redis-py's ``Retry`` with an exponential backoff): ``backoff_s`` after the first
+    failure, doubling, at most ``max_backoff_s``.
+
+    >>> [RetryPolicy().backoff(n) for n in range(1, 6)]
+    [0.25, 0.5, 1.0, 2.0, 4.0]
+    """
+
+    # Five attempts over about 8 seconds of backoff ride out a partition leader's election
+    # or a broker's restart, and stay well within the consumer's max_poll_interval_ms.
+    attempts: int = 5
+    backoff_s: float = 0.25
+    max_backoff_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"RetryPolicy.attempts={self.attempts}: send at least once (>= 1)")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ConfigError(
+                f"RetryPolicy backoff_s={self.backoff_s}, max_backoff_s={self.max_backoff_s}: "
+                "a backoff cannot be negative"
+            )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed attempts."""
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1)))
+
+
+class _Future(Protocol):
+    is_done: bool
+
+    def get(self, timeout: float | None = None) -> Any: ...
+
+
+class _Producer(Protocol):
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> _Future: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+@dataclass
+class _Letter:
+    """One queued dead letter, with its last send's future or why it failed.
+
+    The cause is kept as text: an exception would keep its traceback's frames, and the
+    sockets in them, alive.
+    """
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    source: tuple[str, int, int]
+    future: _Future | None = None
+    cause: str | None = None
+
+    def size(self) -> int:
+        """An upper bound of the record's size as the producer counts it."""
+        fields = len(self.value) + len(self.key or b"")
+        headers = sum(len(k.encode()) + len(v) for k, v in self.headers)
+        return fields + headers + _RECORD_OVERHEAD_BYTES
+
+    def cut(self) -> None:
+        """Replace the value, or if it is cut already the key, by nothing, saying so in
+        headers."""
+        if self.value:
+            self.headers += _cut_headers("value", self.value)
+            self.value = b""
+        elif self.key:
+            self.headers += _cut_headers("key", self.key)
+            self.key = None
+
+
+def _cut_headers(part: str, data: bytes) -> list[tuple[str, bytes]]:
+    return [
+        (f"livelearn.{part}_cut", b"true"),
+        (f"livelearn.{part}_bytes", str(len(data)).encode()),
+        (f"livelearn.{part}_sha256", hashlib.sha256(data).hexdigest().encode()),
+    ]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class KafkaDeadLetterSink:
+    """``DeadLetterSink`` writing to ``<topic><suffix>`` with reason headers.
+
+    Parameters
+    ----------
+    bootstrap_servers, suffix, client_id
+        The Kafka brokers, the dead-letter topics' suffix and the worker's client id.
+    max_request_size
+        The producer's largest request; a dead letter that would not fit is sent with its
+        value cut (see the module's docstring). Keep it at or below the dead-letter topics'
+        ``max.message.bytes``; a dead letter the broker refuses as too large is cut too.
+    retry
+        How many times a dead letter is sent before `flush` gives up on it.
+    timeout_s
+        How long one attempt waits to connect, to learn a topic's partitions, and for the
+        acknowledgement. `flush` returns or raises within about
+        ``retry.attempts * 2 * timeout_s`` plus the backoffs.
+    producer_factory
+        Builds the producer from kafka-python's keyword settings (a fake one in tests). It
+        is called on the first send, and again after it failed: a sink can be built while
+        Kafka is down.
+
+    Queued dead letters, values included, are kept until `flush` confirms them, so that
+    the failed ones can be sent again.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        suffix: str,
+        client_id: str,
+        *,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 10.0,
+        producer_factory: Callable[..., _Producer] = KafkaProducer,
+    ) -> None:
+        if max_request_size < _MIN_REQUEST_SIZE:
+            raise ConfigError(
+                f"max_request_size={max_request_size} leaves no room for a dead letter's "
+                f"headers; use at least {_MIN_REQUEST_SIZE}"
+            )
+        if timeout_s < 0.1:
+            raise ConfigError(f"timeout_s={timeout_s}: give an attempt at least 0.1 seconds")
+        linger_ms = 5
+        timeout_ms = int(timeout_s * 1000)
+        self._config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": f"{client_id}-dlq",
+            # acks=all: a dead letter must be durable before the checkpoint that skips it.
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "max_request_size": max_request_size,
+            "bootstrap_timeout_ms": timeout_ms,
+            "max_block_ms": timeout_ms,
+            # kafka-python requires delivery_timeout_ms >= linger_ms + request_timeout_ms.
+            "request_timeout_ms": timeout_ms - linger_ms,
+            "delivery_timeout_ms": timeout_ms,
+        }
+        self._factory = producer_factory
+        self._producer: _Producer | None = None
         self._suffix = suffix
-        self._pending = 0
+        self._max_request_size = max_request_size
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._timeout_s = timeout_s
+        self._pending: list[_Letter] = []
+        # Set when the producer cannot be built or a send raised: later sends wait for
+        # flush's retries instead of blocking the worker loop for timeout_s each.
+        self._failing: str | None = None
 
     def send(
         self,
@@ -63,26 +286,109 @@ class KafkaDeadLetterSink:
     ) -> None:
         """Queue one dead letter; ``source`` is (topic, partition, offset)."""
         src_topic, partition, offset = source
+        # backslashreplace: a detail quoting undecodable input must not fail the send.
         headers: list[tuple[str, bytes]] = [
             ("livelearn.reason", reason.encode()),
-            ("livelearn.detail", detail[:1000].encode()),
+            ("livelearn.detail", detail[:_DETAIL_CHARS].encode(errors="backslashreplace")),
             ("livelearn.source.topic", src_topic.encode()),
             ("livelearn.source.partition", str(partition).encode()),
             ("livelearn.source.offset", str(offset).encode()),
+            ("livelearn.dedup_key", dedup_key(source, reason).encode()),
         ]
-        self._producer.send(dlq_topic(topic, self._suffix), value=value, key=key, headers=headers)
-        self._pending += 1
+        # A null value is sent empty: Kafka refuses a record with neither key nor value.
+        letter = _Letter(dlq_topic(topic, self._suffix), value or b"", key, headers, source)
+        while letter.size() > self._max_request_size and (letter.value or letter.key):
+            letter.cut()
+        self._pending.append(letter)
+        self._submit(letter)
 
     def flush(self) -> None:
-        """Block until every queued dead letter is acknowledged."""
-        if self._pending:
-            self._producer.flush(timeout=30)
-            self._pending = 0
+        """Block until every queued dead letter is acknowledged, retrying failed ones.
+
+        Raises
+        ------
+        DeadLetterError
+            Naming the source of each dead letter not acknowledged after every retry.
+
+        """
+        if not self._pending:
+            return
+        failed = self._confirm(self._pending)
+        attempt = 1
+        while failed and attempt < self._retry.attempts:
+            wait = self._retry.backoff(attempt)
+            log.warning(
+                "%d dead letter(s) not acknowledged, sending them again in %.2fs",
+                len(failed),
+                wait,
+                extra={"fields": {"attempt": attempt, "cause": failed[0].cause}},
+            )
+            time.sleep(wait)
+            attempt += 1
+            self._failing = None
+            for letter in failed:
+                self._submit(letter)
+            failed = self._confirm(failed)
+        self._pending = []
+        self._failing = None
+        if failed:
+            raise DeadLetterError(
+                [letter.source for letter in failed], [str(letter.cause) for letter in failed]
+            )
 
     def close(self) -> None:
         """Flush and close the producer."""
-        self.flush()
-        self._producer.close(timeout=10)
+        try:
+            self.flush()
+        finally:
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+                self._producer = None
+
+    def _submit(self, letter: _Letter) -> None:
+        """Hand one dead letter to the producer, building it first if need be."""
+        letter.future, letter.cause = None, None
+        if self._failing is not None:
+            letter.cause = self._failing
+            return
+        try:
+            if self._producer is None:
+                self._producer = self._factory(**self._config)
+            letter.future = self._producer.send(
+                letter.topic, value=letter.value, key=letter.key, headers=letter.headers
+            )
+        except KafkaError as exc:
+            self._fail(letter, exc)
+            if not isinstance(exc, _TOO_LARGE):
+                self._failing = letter.cause
+
+    def _confirm(self, letters: list[_Letter]) -> list[_Letter]:
+        """Wait for the producer, then the letters whose send did not succeed."""
+        if self._producer is not None and any(letter.future is not None for letter in letters):
+            # On a timeout, the letters still in flight fail below and are sent again.
+            with contextlib.suppress(KafkaError):
+                self._producer.flush(timeout=self._timeout_s)
+        failed = []
+        for letter in letters:
+            future, letter.future = letter.future, None
+            if future is not None:
+                if not future.is_done:
+                    letter.cause = f"not acknowledged within {self._timeout_s}s"
+                else:
+                    try:
+                        future.get(timeout=0)
+                    except KafkaError as exc:
+                        self._fail(letter, exc)
+            if letter.cause is not None:
+                failed.append(letter)
+        return failed
+
+    @staticmethod
+    def _fail(letter: _Letter, error: KafkaError) -> None:
+        """Note why a send failed; cut a letter refused as too large, so the next one fits."""
+        letter.cause = _describe(error)
+        if isinstance(error, _TOO_LARGE):
+            letter.cut()
 
 
 def read_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:

@@ -89,6 +89,13 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.spec_mismatches = Counter(
+            "livelearn_spec_mismatch_total",
+            "Shards refused on restore because the configured spec changes what the "
+            "checkpointed model learns (see `livelearn models reset`).",
+            ["model"],
+            registry=r,
+        )
         self.stale_epochs = Counter(
             "livelearn_stale_epoch_total",
             "Checkpoint writes refused because another worker owns the shard.",

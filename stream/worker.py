@@ -30,10 +30,12 @@ from learners import (
     check_label,
     combine_metrics,
     load_learner,
+    spec_changes,
+    spec_fingerprint,
 )
-from livelearn.errors import InvalidEvent, SnapshotError, StaleEpochError
+from livelearn.errors import DeadLetterError, InvalidEvent, SnapshotError, StaleEpochError
 from settings import Settings
-from store.checkpoints import CheckpointStore, ShardId
+from store.checkpoints import Checkpoint, CheckpointStore, ShardId
 from stream.decode import EventDecoder
 from stream.dlq import DeadLetterSink
 from stream.fetcher import KafkaRecord
@@ -80,6 +82,9 @@ class Shard:
     # if it had never seen that event (`Worker._roll_back`).
     base_blob: bytes = b""
     since_base: list[tuple[Mapping[str, Any], Any, int]] = field(default_factory=list)
+    # The next offset of the last checkpoint written (or restored): where the shard is held
+    # when a dead letter past it is lost, so that no checkpoint ever passes that event.
+    checkpointed_offset: int = -1
     pending: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     reported_learned: int = 0
@@ -119,6 +124,7 @@ class Partition:
     def commit_offset(self) -> int | None:
         """The offset every shard of this partition has covered."""
         offsets = [s.next_offset for s in self.shards] + list(self.held.values())
+        offsets = [o for o in offsets if o >= 0]  # -1: no checkpoint yet, nothing to commit
         return min(offsets) if offsets else None
 
 
@@ -425,8 +431,13 @@ class Worker:
         """Write one shard's checkpoint; on a stale epoch drop the shard. True if written."""
         if self._dead_letters_pending:
             # Dead letters must be durable before a checkpoint moves past them.
-            self._dlq.flush()
+            try:
+                self._dlq.flush()
+            except DeadLetterError as exc:
+                self._lost_dead_letters(exc)
             self._dead_letters_pending = False
+            if shard not in part.shards:  # held: one of its dead letters was lost
+                return False
         started = time.perf_counter()
         blob = self._codec.encode(shard.learner)
         stats = shard.learner.stats()
@@ -442,6 +453,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         shard.base_blob = blob
         shard.since_base.clear()
+        shard.checkpointed_offset = shard.next_offset
         shard.pending = 0
         shard.last_checkpoint = time.monotonic()
         m = self._metrics
@@ -470,6 +482,22 @@ class Worker:
             },
         )
         return True
+
+    def _lost_dead_letters(self, exc: DeadLetterError) -> None:
+        """Hold every shard of each partition whose dead letter was lost at its last
+        checkpoint: none may pass the event, and after a restart it is sent again."""
+        for topic, partition, offset in exc.sources:
+            self._metrics.dead_letter_failures.labels(topic).inc()
+            part = self._partitions.get(TopicPartition(topic, partition))
+            if part is None:
+                continue
+            log.error(
+                "dead letter lost: partition stopped at its last checkpoint: %s",
+                exc,
+                extra={"fields": {"topic": topic, "partition": partition, "offset": offset}},
+            )
+            for shard in list(part.shards):
+                self._hold(part, shard, shard.checkpointed_offset)
 
     def _commit(self, parts: Iterable[Partition], wait: bool = False) -> None:
         """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth).
@@ -551,6 +579,9 @@ class Worker:
                 )
                 part.held[shard_id] = checkpoint.next_offset
                 return
+            if spec_fingerprint(learner.spec) != spec_fingerprint(spec):
+                self._refuse_changed_spec(part, shard_id, learner.spec, spec, checkpoint)
+                return
             next_offset = checkpoint.next_offset
         stats = learner.stats()
         part.shards.append(
@@ -562,6 +593,7 @@ class Worker:
                 epoch,
                 next_offset,
                 base_blob=base_blob,
+                checkpointed_offset=next_offset,
                 reported_learned=stats["events_learned"],
                 reported_scored=stats["events_scored"] - stats["events_learned"],
                 reported_drift=stats["drift_detections"],
@@ -571,6 +603,29 @@ class Worker:
             "shard restored" if checkpoint else "shard started fresh",
             extra={"fields": {"shard": str(shard_id), "epoch": epoch, "next_offset": next_offset}},
         )
+
+    def _refuse_changed_spec(
+        self,
+        part: Partition,
+        shard_id: ShardId,
+        restored: ModelSpec,
+        configured: ModelSpec,
+        checkpoint: Checkpoint,
+    ) -> None:
+        """Hold a shard whose checkpoint was learned under another spec (reported by /readyz)."""
+        changed = ", ".join(spec_changes(restored, configured))
+        self._metrics.spec_mismatches.labels(configured.name).inc()
+        log.error(
+            "model %r: the configured spec changes %s from the checkpointed one, shard %s not "
+            "loaded; to train the model afresh with the new spec run `livelearn models reset "
+            "%s --yes` and restart the workers, or restore the previous spec to resume it",
+            configured.name,
+            changed,
+            shard_id,
+            configured.name,
+            extra={"fields": {"shard": str(shard_id), "version": checkpoint.version}},
+        )
+        part.held[shard_id] = checkpoint.next_offset
 
     def _revoke(self, tps: Iterable[TopicPartition]) -> None:
         parts = [p for tp in tps if (p := self._partitions.get(tp)) is not None]

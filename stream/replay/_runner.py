@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from kafka import KafkaConsumer
 
-from learners import ModelSpec, SnapshotCodec
+from learners import ModelSpec, SnapshotCodec, load_learner, spec_changes, spec_fingerprint
+from livelearn.errors import ConfigError
 from settings import Settings
 from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 from store.releases import ReleaseStore
@@ -55,13 +56,24 @@ def run_replay(
     progress: bool = True,
 ) -> ReplayResult:
     """Run the worker over ``span`` and return the report data and the final states."""
-    replayed = spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update=_NEVER)})
+    replayed = _never_checkpointed(spec)
     specs = [replayed]
     initial = initial_state(spec, start, span, codec, store, releases)
+    learned_with = _learned_with(initial.values(), codec)
+    if learned_with is not None and spec_fingerprint(learned_with) != spec_fingerprint(spec):
+        raise ConfigError(
+            f"--start {start}: the {'live' if start == 'live' else 'release'} shards of "
+            f"{spec.name!r} learned with another spec (it changes "
+            f"{', '.join(spec_changes(learned_with, spec))}); a changed spec starts fresh "
+            f"(--start fresh)"
+        )
     if compare_live:
-        live = replayed.model_copy(update={"name": spec.name + COMPARE_SUFFIX})
-        specs.append(live)
-        initial.update(initial_state(spec, "live", span, codec, store, releases, live.name))
+        name = spec.name + COMPARE_SUFFIX
+        live_state = initial_state(spec, "live", span, codec, store, releases, name)
+        # The live model as it is: with the spec its shards learned with, not --spec's.
+        own = _learned_with(live_state.values(), codec) or spec
+        specs.append(_never_checkpointed(own).model_copy(update={"name": name}))
+        initial.update(live_state)
     run_settings = settings.model_copy(update={"models": specs})
     chunk = max(1, min(span.total // max(points, 1), settings.kafka.max_poll_records))
     source = ReplaySource(consumer, span, chunk)
@@ -117,3 +129,15 @@ def _signal(signum: int, handler: Callable[[int, FrameType | None], None]) -> It
         yield
     finally:
         signal.signal(signum, previous)
+
+
+def _never_checkpointed(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with a cadence that never fires: a replay keeps its state in memory."""
+    return spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update=_NEVER)})
+
+
+def _learned_with(states: Iterable[Checkpoint], codec: SnapshotCodec) -> ModelSpec | None:
+    """The spec the first of ``states`` learned with, or None when there is none."""
+    for state in states:
+        return load_learner(codec, state.blob).spec
+    return None

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -181,14 +182,29 @@ def test_the_report_json_and_png_match_the_replayed_model(make_topic, deploy) ->
     assert dep.store.describe(dep.shard()) is None  # nothing written over live state
 
 
-def test_compare_live_puts_both_models_in_the_report(make_topic, deploy) -> None:
-    dep = deploy(make_topic(partitions=1))
-    _learn_live(dep, 300)
+def _tree_spec(dep: Any) -> Path:
+    """A spec file for the deployment's topic with another pipeline (a Hoeffding tree)."""
     spec_path = dep.tmp_path / "spec.yaml"
     spec_path.write_text(
         "topics: [" + dep.topic + "]\ntask: binary\n"
         "pipeline:\n  - class: tree.HoeffdingTreeClassifier\nmetrics: [Accuracy, LogLoss]\n"
     )
+    return spec_path
+
+
+def test_start_live_with_a_changed_spec_is_refused_naming_what_changed(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 100)
+    spec_path = _tree_spec(dep)
+    result = _cli(dep, "--start", "live", "--spec", str(spec_path))
+    assert result.returncode == 2, result.stderr
+    assert "learned with another spec" in result.stderr and "pipeline" in result.stderr
+
+
+def test_compare_live_puts_both_models_in_the_report(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 300)
+    spec_path = _tree_spec(dep)
     folder = dep.tmp_path / "cmp"
     result = _cli(dep, "--report", str(folder), "--spec", str(spec_path), "--compare", "live")
     assert result.returncode == 0, result.stderr

@@ -1,10 +1,13 @@
-"""The deployment files agree with the code: compose mounts exist, workers scale, and every
-metric an alert or a dashboard panel queries is one the worker exports."""
+"""The deployment files agree with the code: compose mounts exist, workers scale, every
+metric an alert or a dashboard panel queries is one the worker exports, and the alert rules
+pass their promtool unit tests."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "config" / "prometheus.yml"
 ALERTS = REPO / "config" / "alerts.yml"
+ALERTS_TEST = REPO / "config" / "alerts_test.yml"
 GRAFANA = REPO / "config" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "livelearn.json"
 
@@ -54,6 +58,34 @@ def _unknown_metrics(exprs: dict[str, str]) -> dict[str, list[str]]:
 
 def _rules() -> list[dict[str, Any]]:
     return [rule for group in _load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def _promtool() -> tuple[list[str] | None, str]:
+    """A ``promtool`` command run in config/: the binary on PATH, or the one in compose's
+    Prometheus image on the local Docker engine; else None and why."""
+    if binary := shutil.which("promtool"):
+        return [binary], ""
+    image = _load_yaml(COMPOSE)["services"]["prometheus"]["image"]
+    if not shutil.which("docker"):
+        return None, f"no promtool on PATH and no docker command to run {image}"
+    inspect = subprocess.run(
+        ["docker", "image", "inspect", image], capture_output=True, timeout=60, check=False
+    )
+    if inspect.returncode != 0:
+        return None, f"no promtool on PATH and no {image} image on the Docker engine"
+    config = REPO / "config"
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "promtool",
+        "-v",
+        f"{config}:/config:ro",
+        "-w",
+        "/config",
+        image,
+    ], ""
 
 
 def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,6 +163,29 @@ def test_every_alert_rule_says_how_long_how_bad_and_what_to_do(rule: dict[str, A
     assert rule["labels"]["severity"] in SEVERITIES
     assert rule["annotations"]["summary"].strip()
     assert rule["annotations"]["description"].strip()
+
+
+def test_the_alert_rules_pass_their_promtool_unit_tests() -> None:
+    command, why_not = _promtool()
+    if command is None:
+        pytest.skip(why_not)
+    result = subprocess.run(
+        [*command, "test", "rules", ALERTS_TEST.name],
+        cwd=ALERTS_TEST.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_promtool_tests_load_the_rules_and_name_only_rules_that_exist() -> None:
+    tests = _load_yaml(ALERTS_TEST)
+    assert tests["rule_files"] == [ALERTS.name]
+    tested = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"]}
+    assert tested <= {rule["alert"] for rule in _rules()}
+    assert "LivelearnDeadLetterUndelivered" in tested
 
 
 # -- Grafana --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from river import linear_model, metrics, preprocessing
 
 from learners import Learner, SnapshotCodec, load_learner
+from livelearn import DeadLetterError
 from settings import Settings
 from stream.metrics import WorkerMetrics
 from stream.worker import Worker
@@ -157,3 +158,29 @@ def test_stop_shard_holds_the_shard_at_the_event_and_keeps_what_it_learned() -> 
     ready, detail = seen[0]
     assert not ready and detail["refused_shards"] == [str(SHARD)]
     assert worker._metrics.processing_errors.labels("m", "shard_stopped")._value.get() == 1
+
+
+class _LosingDlq(FakeDlq):
+    """A dead-letter sink whose broker never acknowledges: flush names every source lost."""
+
+    def flush(self) -> None:
+        super().flush()
+        lost, self.sent = self.sent, []
+        if lost:
+            sources = [d["source"] for d in lost]
+            raise DeadLetterError(sources, ["broker unreachable"] * len(sources))
+
+
+def test_a_lost_dead_letter_holds_the_partition_at_its_last_checkpoint() -> None:
+    events = [_event(i) for i in range(30)]
+    values = [orjson.dumps(e) for e in events]
+    values[15] = b"{not json"
+    worker, consumer, _, store = _worker("dead_letter", 10)
+    worker._dlq = dlq = _LosingDlq()
+    _run(worker, consumer, values, batch=30)
+    # Offsets 0-9 were checkpointed before the bad event; the checkpoint due at 20 needed
+    # the dead letter of offset 15 first, and it was lost: nothing passes offset 10 now.
+    assert [offset for _, offset in store.saves] == [10]
+    assert TP in consumer.paused
+    assert dlq.flushes == 1
+    assert worker._metrics.dead_letter_failures.labels("t")._value.get() == 1

@@ -1,0 +1,294 @@
+"""The dead-letter sink's confirmation, retries, size cuts and dedup keys, against a fake
+producer (no network). tests/integration/test_dead_letters.py runs it on real Kafka."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+)
+
+from livelearn import ConfigError, DeadLetterError, LivelearnError
+from stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
+
+NO_WAIT = RetryPolicy(attempts=3, backoff_s=0)
+MIB = 1024 * 1024
+
+
+class FakeFuture:
+    def __init__(self, error: Exception | None, done: bool = True) -> None:
+        self.error = error
+        self.is_done = done
+
+    def get(self, timeout: float | None = None) -> Any:
+        if not self.is_done:
+            raise KafkaTimeoutError("still in flight")
+        if self.error is not None:
+            raise self.error
+        return "metadata"
+
+
+class FakeProducer:
+    """Records every send; ``outcome(n, record)`` decides the n-th send's future."""
+
+    def __init__(self, outcome: Callable[[int, dict[str, Any]], FakeFuture], **config: Any):
+        self.config = config
+        self.outcome = outcome
+        self.sent: list[dict[str, Any]] = []
+        self.flushes = 0
+        self.closed = False
+
+    def send(self, topic: str, value=None, key=None, headers=None) -> FakeFuture:
+        record = {"topic": topic, "value": value, "key": key, "headers": list(headers or [])}
+        self.sent.append(record)
+        return self.outcome(len(self.sent), record)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+def _ok(n: int, record: dict[str, Any]) -> FakeFuture:
+    return FakeFuture(None)
+
+
+def _sink(
+    outcome: Callable[[int, dict[str, Any]], FakeFuture] = _ok,
+    retry: RetryPolicy = NO_WAIT,
+    **kwargs: Any,
+) -> tuple[KafkaDeadLetterSink, list[FakeProducer]]:
+    producers: list[FakeProducer] = []
+
+    def factory(**config: Any) -> FakeProducer:
+        producers.append(FakeProducer(outcome, **config))
+        return producers[-1]
+
+    sink = KafkaDeadLetterSink(
+        "kafka:9092", ".dlq", "w1", retry=retry, producer_factory=factory, **kwargs
+    )
+    return sink, producers
+
+
+def _send(sink: KafkaDeadLetterSink, offset: int, value: bytes = b"{", key: bytes | None = None):
+    sink.send("t", value, key, reason="not_json", detail="bad json", source=("t", 0, offset))
+
+
+def test_a_dead_letter_carries_its_reason_source_and_dedup_key() -> None:
+    sink, producers = _sink()
+    _send(sink, 7, key=b"k")
+    sink.flush()
+    (producer,) = producers
+    (record,) = producer.sent
+    assert record["topic"] == "t.dlq" and record["value"] == b"{" and record["key"] == b"k"
+    assert read_headers(record["headers"]) == {
+        "reason": "not_json",
+        "detail": "bad json",
+        "source.topic": "t",
+        "source.partition": "0",
+        "source.offset": "7",
+        "dedup_key": "t/0/7/not_json",
+    }
+    assert producer.config["acks"] == "all"
+    assert producer.config["max_request_size"] == MIB
+
+
+def test_flush_confirms_every_future_and_then_has_nothing_queued() -> None:
+    sink, producers = _sink()
+    for offset in range(3):
+        _send(sink, offset)
+    sink.flush()
+    sink.flush()  # nothing queued: no second producer flush
+    assert len(producers[0].sent) == 3
+    assert producers[0].flushes == 1
+
+
+def test_a_failed_delivery_is_sent_again_and_then_confirmed() -> None:
+    def outcome(n: int, record: dict[str, Any]) -> FakeFuture:
+        return FakeFuture(NotEnoughReplicasError("isr shrank") if n == 2 else None)
+
+    sink, producers = _sink(outcome)
+    for offset in range(3):
+        _send(sink, offset)
+    sink.flush()
+    offsets = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    assert offsets == ["0", "1", "2", "1"]
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        lambda n, r: FakeFuture(NotEnoughReplicasError("isr shrank")),
+        lambda n, r: FakeFuture(None, done=False),
+    ],
+    ids=["broker-error", "never-acknowledged"],
+)
+def test_a_dead_letter_failing_every_attempt_raises_naming_its_source(outcome: Any) -> None:
+    def mixed(n: int, record: dict[str, Any]) -> FakeFuture:
+        if read_headers(record["headers"])["source.offset"] == "5":
+            return FakeFuture(None)
+        return outcome(n, record)  # type: ignore[no-any-return]
+
+    sink, producers = _sink(mixed)
+    _send(sink, 4)
+    _send(sink, 5)
+    with pytest.raises(DeadLetterError) as caught:
+        sink.flush()
+    assert caught.value.sources == [("t", 0, 4)]
+    assert "t/0@4" in str(caught.value)
+    assert len(caught.value.causes) == 1
+    sent = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    assert sent.count("4") == NO_WAIT.attempts and sent.count("5") == 1
+    sink.flush()  # the lost ones were handed over in the error, not queued for ever
+
+
+def test_a_producer_that_cannot_be_built_fails_flush_not_send() -> None:
+    attempts = []
+
+    def factory(**config: Any) -> FakeProducer:
+        attempts.append(config)
+        raise KafkaTimeoutError("Unable to bootstrap from kafka:9092")
+
+    sink = KafkaDeadLetterSink("kafka:9092", ".dlq", "w1", retry=NO_WAIT, producer_factory=factory)
+    _send(sink, 1)
+    _send(sink, 2)  # does not try again: the worker loop is not blocked once per event
+    assert len(attempts) == 1
+    with pytest.raises(DeadLetterError) as caught:
+        sink.flush()
+    assert caught.value.sources == [("t", 0, 1), ("t", 0, 2)]
+    assert all("Unable to bootstrap" in cause for cause in caught.value.causes)
+    assert len(attempts) == NO_WAIT.attempts  # once per attempt, not once per dead letter
+
+
+def test_a_send_that_raises_is_retried_by_flush() -> None:
+    calls = []
+
+    def factory(**config: Any) -> FakeProducer:
+        producer = FakeProducer(_ok, **config)
+        original = producer.send
+
+        def send(*args: Any, **kwargs: Any) -> FakeFuture:
+            calls.append(1)
+            if len(calls) == 1:
+                raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+            return original(*args, **kwargs)
+
+        producer.send = send  # type: ignore[method-assign]
+        return producer
+
+    sink = KafkaDeadLetterSink("kafka:9092", ".dlq", "w1", retry=NO_WAIT, producer_factory=factory)
+    _send(sink, 1)
+    sink.flush()
+    assert len(calls) == 2
+
+
+def test_flush_waits_between_attempts_as_the_policy_says(monkeypatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("stream.dlq.time.sleep", waits.append)
+    sink, _ = _sink(lambda n, r: FakeFuture(NotEnoughReplicasError("no")), retry=RetryPolicy())
+    _send(sink, 1)
+    with pytest.raises(DeadLetterError):
+        sink.flush()
+    assert waits == [0.25, 0.5, 1.0, 2.0]
+
+
+# -- size --------------------------------------------------------------------------------
+
+
+def test_a_dead_letter_too_large_is_sent_with_its_value_cut() -> None:
+    sink, producers = _sink(max_request_size=MIB)
+    value = b"x" * (5 * MIB)
+    _send(sink, 3, value=value, key=b"k")
+    sink.flush()
+    (record,) = producers[0].sent
+    assert record["value"] == b"" and record["key"] == b"k"
+    headers = read_headers(record["headers"])
+    assert headers["value_cut"] == "true"
+    assert headers["value_bytes"] == str(len(value))
+    assert headers["value_sha256"] == hashlib.sha256(value).hexdigest()
+    assert headers["dedup_key"] == "t/0/3/not_json" and "key_cut" not in headers
+
+
+def test_a_dead_letter_just_within_the_limit_is_sent_whole() -> None:
+    sink, producers = _sink(max_request_size=MIB)
+    value = b"x" * (MIB - 16 * 1024)
+    _send(sink, 3, value=value)
+    sink.flush()
+    assert producers[0].sent[0]["value"] == value
+
+
+def test_a_key_too_large_is_cut_as_well() -> None:
+    sink, producers = _sink(max_request_size=MIB)
+    key = b"k" * (2 * MIB)
+    _send(sink, 3, value=b"v" * MIB, key=key)
+    sink.flush()
+    (record,) = producers[0].sent
+    assert record["value"] == b"" and record["key"] is None
+    headers = read_headers(record["headers"])
+    assert headers["value_cut"] == headers["key_cut"] == "true"
+    assert headers["key_sha256"] == hashlib.sha256(key).hexdigest()
+
+
+def test_a_dead_letter_the_broker_refuses_as_too_large_is_sent_again_cut() -> None:
+    def outcome(n: int, record: dict[str, Any]) -> FakeFuture:
+        too_large = len(record["value"]) > 1000  # the topic's max.message.bytes is smaller
+        return FakeFuture(MessageSizeTooLargeError("topic limit") if too_large else None)
+
+    sink, producers = _sink(outcome)
+    _send(sink, 3, value=b"x" * 5000)
+    sink.flush()
+    first, second = producers[0].sent
+    assert len(first["value"]) == 5000 and second["value"] == b""
+    assert read_headers(second["headers"])["value_bytes"] == "5000"
+
+
+def test_a_null_value_and_an_undecodable_detail_do_not_fail_the_send() -> None:
+    sink, producers = _sink()
+    sink.send("t", None, None, reason="bad_utf8", detail="id \udcff", source=("t", 1, 2))
+    sink.flush()
+    (record,) = producers[0].sent
+    assert record["value"] == b""
+    assert read_headers(record["headers"])["detail"] == "id \\udcff"
+
+
+# -- configuration and the error ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RetryPolicy(attempts=0),
+        lambda: RetryPolicy(backoff_s=-1),
+        lambda: _sink(max_request_size=1000),
+        lambda: _sink(timeout_s=0),
+    ],
+    ids=["no-attempt", "negative-backoff", "tiny-request-size", "no-timeout"],
+)
+def test_settings_that_cannot_work_are_refused(make: Callable[[], Any]) -> None:
+    with pytest.raises(ConfigError):
+        make()
+
+
+def test_the_error_carries_its_sources_and_survives_pickling() -> None:
+    error = DeadLetterError([("t", 0, 4), ("u", 2, 9)], ["A: a", "B: b"])
+    assert isinstance(error, LivelearnError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.sources == [("t", 0, 4), ("u", 2, 9)] and copy.causes == ["A: a", "B: b"]
+    assert str(copy) == str(error)
+    assert "t/0@4: A: a" in str(error) and "u/2@9: B: b" in str(error)
+
+
+def test_close_flushes_then_closes_the_producer_even_when_delivery_fails() -> None:
+    sink, producers = _sink(lambda n, r: FakeFuture(NotEnoughReplicasError("no")))
+    _send(sink, 1)
+    with pytest.raises(DeadLetterError):
+        sink.close()
+    assert producers[0].closed
