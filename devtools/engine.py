@@ -35,6 +35,10 @@ STOP_TIMEOUT_S = 40.0
 # and iptables) and debootstrap, which makes the local base image (`devtools.images`).
 PACKAGES = ("docker.io", "debootstrap")
 
+# The dockerd started by this interpreter. Holding its Popen lets `down` reap it, and keeps
+# Popen.__del__ from warning (ResourceWarning) about a child that is meant to outlive it.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class EngineError(RuntimeError):
     """The Docker engine cannot be started or stopped."""
@@ -100,6 +104,7 @@ def up(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this interpreter, as a service does
         )
+    _children[process.pid] = process
     (state_dir / "dockerd.pid").write_text(f"{process.pid}\n")
     while time.monotonic() - started < START_TIMEOUT_S:
         if process.poll() is not None:
@@ -121,6 +126,15 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
+    child = _children.pop(pid, None)
+    if child is not None:  # started by this interpreter: wait for it, leaving no zombie
+        try:
+            child.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _progress(f"dockerd (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f} s; killing it")
+            child.kill()
+            child.wait()
+        return True
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline and _is_dockerd(pid):
         _reap(pid)

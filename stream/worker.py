@@ -544,11 +544,16 @@ class Worker:
                 self._restore(part, spec)
             self._partitions[tp] = part
             seek = [s.next_offset for s in part.shards]
+            known = [offset for offset in seek if offset >= 0]
+            earliest = self._settings.kafka.auto_offset_reset == "earliest"
             if not part.shards:
                 self._consumer.pause(tp)
-            elif min(seek) >= 0:
-                self._consumer.seek(tp, min(seek))
-            elif self._settings.kafka.auto_offset_reset == "earliest":
+            elif known and (len(known) == len(seek) or not earliest):
+                # A shard with a checkpoint never moves because another model is new on
+                # the topic: with "latest", a new shard starts where the earliest of them
+                # resumes, not at the end, which would skip the others' events.
+                self._consumer.seek(tp, min(known))
+            elif earliest:  # shards with a checkpoint skip what they have learned
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek_to_end(tp)
