@@ -348,7 +348,8 @@ class Worker:
             )
             if shard.pending:
                 self._checkpoint(part, shard, "error")  # what it learned before that event
-            self._hold(part, shard, offset)
+            if any(s is shard for s in part.shards):  # not held already for a lost dead letter
+                self._hold(part, shard, offset)
             return
         self._metrics.processing_errors.labels(model, "dead_lettered").inc()
         invalid = _as_invalid(exc, "model_error")
@@ -374,8 +375,7 @@ class Worker:
                 extra={"fields": {"shard": str(shard.id)}},
             )
             self._metrics.processing_errors.labels(shard.id.model, "shard_stopped").inc()
-            base = shard.since_base[0][2] if shard.since_base else shard.next_offset
-            self._hold(part, shard, base)
+            self._hold(part, shard, shard.checkpointed_offset)
             return False
         shard.use(learner)
         return True
@@ -436,7 +436,7 @@ class Worker:
             except DeadLetterError as exc:
                 self._lost_dead_letters(exc)
             self._dead_letters_pending = False
-            if shard not in part.shards:  # held: one of its dead letters was lost
+            if not any(s is shard for s in part.shards):  # held: a dead letter of it was lost
                 return False
         started = time.perf_counter()
         blob = self._codec.encode(shard.learner)
