@@ -13,6 +13,7 @@ from store.checkpoints import ShardId
 from stream.metrics import WorkerMetrics
 from stream.worker import Worker
 from tests.unit.test_worker_loop import TP, FakeConsumer, FakeDlq, FakeStore, Record
+from tests.unit.test_worker_loop import _run as run_batches
 
 KEY = b"unit-test-snapshot-key-000000000"
 
@@ -45,7 +46,6 @@ def _run(store: FakeStore, reset: str, names: list[str], first: int, last: int) 
         )
         for i in range(first, last)
     ]
-    consumer.batches = [{TP: records}]
     poll = consumer.poll
 
     def poll_from_the_seek(timeout_ms: int = 0, max_records: int | None = None) -> Any:
@@ -54,14 +54,7 @@ def _run(store: FakeStore, reset: str, names: list[str], first: int, last: int) 
         return {tp: [r for r in rs if r.offset >= consumer.seeks[tp]] for tp, rs in batch.items()}
 
     consumer.poll = poll_from_the_seek  # type: ignore[method-assign]
-    original = consumer.subscribe
-
-    def subscribe(topics: Any, listener: Any) -> None:
-        original(topics, listener)
-        listener.on_partitions_assigned([TP])
-
-    consumer.subscribe = subscribe  # type: ignore[method-assign]
-    worker.run()
+    run_batches(worker, consumer, [records])
     return consumer
 
 

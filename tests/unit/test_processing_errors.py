@@ -16,6 +16,7 @@ from settings import Settings
 from stream.metrics import WorkerMetrics
 from stream.worker import Worker
 from tests.unit.test_worker_loop import SHARD, TP, FakeConsumer, FakeDlq, FakeStore, Record
+from tests.unit.test_worker_loop import _run as run_batches
 
 KEY = b"unit-test-snapshot-key-000000000"
 PROBES = [{"x": -1.0, "y": 0.5}, {"x": 3.0, "y": -2.0}, {"x": 0.25, "y": 7.0}]
@@ -55,15 +56,7 @@ def _worker(policy: str, every_events: int) -> tuple[Worker, FakeConsumer, FakeD
 
 def _run(worker: Worker, consumer: FakeConsumer, values: list[bytes], batch: int = 25) -> None:
     records = [Record("t", 0, i, None, v) for i, v in enumerate(values)]
-    consumer.batches = [{TP: records[i : i + batch]} for i in range(0, len(records), batch)]
-    original = consumer.subscribe
-
-    def subscribe(topics: Any, listener: Any) -> None:
-        original(topics, listener)
-        listener.on_partitions_assigned([TP])
-
-    consumer.subscribe = subscribe  # type: ignore[method-assign]
-    worker.run()
+    run_batches(worker, consumer, [records[i : i + batch] for i in range(0, len(records), batch)])
 
 
 def _rivers_loop(events: list[dict[str, Any]]) -> tuple[Any, dict[str, float]]:
