@@ -74,6 +74,19 @@ class RedisSettings(_Section):
     socket_timeout_s: float = Field(5.0, gt=0)
 
 
+class OutageSettings(_Section):
+    """How long a worker rides out an unreachable Kafka or Redis, and how it retries."""
+
+    # Past this, the worker exits 69 ("dependency unavailable") for its supervisor.
+    timeout_s: float = Field(60.0, gt=0)
+    # Retries back off from the first delay to the largest, with full jitter.
+    retry_initial_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(5.0, gt=0)
+    # A subscribed worker that holds no partition (or whose consumer makes no progress
+    # while its partitions have lag) for this long recreates its consumer.
+    stall_timeout_s: float = Field(60.0, gt=0)
+
+
 class SecuritySettings(_Section):
     snapshot_key: SecretStr | None = None
     hash_key: SecretStr | None = None
@@ -139,6 +152,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
+    outage: OutageSettings = OutageSettings()
     security: SecuritySettings = SecuritySettings()
     events: EventSettings = EventSettings()
     http: HttpSettings = HttpSettings()

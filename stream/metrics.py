@@ -114,6 +114,13 @@ class WorkerMetrics:
             "Partitions assigned to this worker.",
             registry=r,
         )
+        self.dependency_up = Gauge(
+            "livelearn_dependency_up",
+            "1 while the dependency (kafka, redis) answers, 0 while the worker rides out its "
+            "outage; past outage.timeout_s the worker exits 69 for its supervisor to restart.",
+            ["dependency"],
+            registry=r,
+        )
         self.last_poll = Gauge(
             "livelearn_last_poll_timestamp_seconds",
             "Unix time the worker loop last polled Kafka.",

@@ -37,6 +37,7 @@ class ReplaySource:
     def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
         tps = sorted(self._span.offsets)
         self._consumer.assign(tps)
+        self._consumer.resume(*tps)  # a previous part of the replay paused them when done
         listener.on_partitions_assigned(tps)
         for tp in tps:  # the range, whatever offset a restored checkpoint covers
             self._consumer.seek(tp, self._span.offsets[tp][0])
@@ -108,7 +109,8 @@ class ReplaySource:
         return self._span.offsets[partition][1]
 
     def close(self) -> None:
-        self._consumer.close()
+        """Nothing: the consumer outlives the worker (a replay may run it twice) and is
+        closed by ``run_replay``."""
 
 
 class MemoryStore:

@@ -27,6 +27,23 @@ class ReplayRange:
         """Records in the offset ranges (the time window may keep fewer)."""
         return sum(max(0, end - start) for start, end in self.offsets.values())
 
+    def narrowed(
+        self,
+        starts: Mapping[TopicPartition, int] | None = None,
+        ends: Mapping[TopicPartition, int] | None = None,
+    ) -> ReplayRange:
+        """The same partitions and time window, from ``starts`` and to ``ends`` where given
+        (clamped to the range: it never grows)."""
+        starts, ends = starts or {}, ends or {}
+        return ReplayRange(
+            {
+                tp: (max(start, starts.get(tp, start)), min(end, ends.get(tp, end)))
+                for tp, (start, end) in self.offsets.items()
+            },
+            self.from_ms,
+            self.to_ms,
+        )
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready form for the report."""
         return {

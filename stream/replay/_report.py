@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kafka import TopicPartition
+
 from learners import ModelSpec, combine_metrics
 from store.checkpoints import Checkpoint, ShardId
 from stream.replay._adapters import InvalidEvents
@@ -29,23 +31,31 @@ def build_report(
     invalid: InvalidEvents,
     elapsed: float,
     interrupted: bool,
+    *,
+    scored_since: Mapping[ShardId, Checkpoint] | None = None,
+    window: Mapping[TopicPartition, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """The report's data: counts, rate, final and rolling metrics, series and drift."""
+    """The report's data: counts, rate, final and rolling metrics, series and drift.
 
-    def during(shard: ShardId, count: str) -> int:
+    ``scored_since`` are the states the metrics started from (``initial`` unless a
+    warm-up came first); ``window`` the offsets both models of a comparison were scored on.
+    """
+    since = initial if scored_since is None else scored_since
+
+    def during(shard: ShardId, count: str, start: Mapping[ShardId, Checkpoint]) -> int:
         """Events counted by the shard during the replay (its start state had some)."""
-        before = initial[shard].stats.get(count, 0) if shard in initial else 0
+        before = start[shard].stats.get(count, 0) if shard in start else 0
         return int(final[shard].stats.get(count, 0) - before)
 
     def summary(model: str) -> dict[str, Any]:
         shards = {s: c for s, c in final.items() if s.model == model}
         return {
-            "events_learned": sum(during(s, "events_learned") for s in shards),
-            "events_scored": sum(during(s, "events_scored") for s in shards),
+            "events_learned": sum(during(s, "events_learned", initial) for s in shards),
+            "events_scored": sum(during(s, "events_scored", since) for s in shards),
             "shards": {
                 f"{s.topic}/{s.partition}": {
                     "next_offset": c.next_offset,
-                    "events_learned": during(s, "events_learned"),
+                    "events_learned": during(s, "events_learned", initial),
                     "metrics": c.stats.get("metrics", {}),
                     "rolling_metrics": c.stats.get("rolling_metrics", {}),
                     "drift_detections": c.stats.get("drift_detections", 0),
@@ -66,6 +76,16 @@ def build_report(
         "primary_metric": spec.metrics[0],
         "start": start if isinstance(start, str) else f"release:{start}",
         "range": span.describe(),
+        # Where the replayed model began per partition: the range's start, or where its
+        # start state (live model, release) stopped when that is later.
+        "started_at": {
+            f"{tp.topic}/{tp.partition}": (
+                initial[shard].next_offset
+                if (shard := ShardId(spec.name, tp.topic, tp.partition)) in initial
+                else first
+            )
+            for tp, (first, _) in sorted(span.offsets.items())
+        },
         "interrupted": interrupted,
         "seconds": round(elapsed, 3),
         "events_per_second": round(events / elapsed, 1) if elapsed else None,
@@ -77,8 +97,14 @@ def build_report(
         "invalid": invalid.seen,
         "replayed": replayed,
     }
-    if any(s.model == spec.name + COMPARE_SUFFIX for s in final):
-        report["compare"] = {"live": summary(spec.name + COMPARE_SUFFIX)}
+    if window is not None:
+        report["compare"] = {
+            # Both models are scored on these offsets only: events neither had learned.
+            "scored_on": {
+                f"{tp.topic}/{tp.partition}": list(r) for tp, r in sorted(window.items())
+            },
+            "live": summary(spec.name + COMPARE_SUFFIX),
+        }
     return report
 
 

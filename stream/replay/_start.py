@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
@@ -10,6 +11,8 @@ from livelearn.errors import ConfigError
 from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 from store.releases import ReleaseStore
 from stream.replay._range import ReplayRange
+
+log = logging.getLogger("livelearn.replay")
 
 StartFrom = Literal["fresh", "live"] | int  # an int is a release number
 
@@ -37,9 +40,11 @@ def initial_state(
     releases: ReleaseStore | None,
     model_name: str | None = None,
 ) -> dict[ShardId, Checkpoint]:
-    """Starting checkpoints for ``spec``'s shards, offsets moved to the range's start.
+    """Starting checkpoints for ``spec``'s shards.
 
-    The learners keep their model, counts and drift state, but their metrics start
+    Each starts where its source stopped (the checkpoint's or release's next offset), or at
+    the range's start when that is later: an event the source learned is never learned
+    again. The learners keep their model, counts and drift state, but their metrics start
     afresh, so the report scores the replayed events only.
     """
     name = model_name or spec.name
@@ -53,18 +58,39 @@ def initial_state(
             row = store.load(live_id)
             if row is None:
                 continue
-            blob, stats = row.blob, row.stats
+            blob, stats, next_offset = row.blob, row.stats, row.next_offset
         else:
             assert releases is not None
             shard = releases.get(spec.name, int(start)).shards.get(live_id)
             if shard is None:
                 continue
-            blob, stats = shard.blob, shard.stats
-        learner = load_learner(codec, blob)
-        learner.reset_metrics()
-        blob = codec.encode(learner)
+            blob, stats, next_offset = shard.blob, shard.stats, shard.next_offset
+        if next_offset < first:
+            log.warning(
+                "the range starts after where the start state stopped: events in between "
+                "are not learned",
+                extra={
+                    "fields": {
+                        "partition": f"{tp.topic}/{tp.partition}",
+                        "stopped_at": next_offset,
+                        "range_start": first,
+                    }
+                },
+            )
         shard_id = ShardId(name, tp.topic, tp.partition)
-        found[shard_id] = Checkpoint(shard_id, blob, first, 0, stats, time.time(), len(blob), 0)
+        found[shard_id] = fresh_metrics(
+            codec, Checkpoint(shard_id, blob, max(first, next_offset), 0, stats, 0.0, 0, 0)
+        )
     if start == "live" and not found:
         raise ConfigError(f"--start live: model {spec.name!r} has no live checkpoint to start from")
     return found
+
+
+def fresh_metrics(codec: SnapshotCodec, state: Checkpoint) -> Checkpoint:
+    """``state`` with its learner's metrics started afresh (model, counts, drift kept)."""
+    learner = load_learner(codec, state.blob)
+    learner.reset_metrics()
+    blob = codec.encode(learner)
+    return Checkpoint(
+        state.shard, blob, state.next_offset, 0, state.stats, time.time(), len(blob), 0
+    )

@@ -201,19 +201,71 @@ def test_start_live_with_a_changed_spec_is_refused_naming_what_changed(make_topi
     assert "learned with another spec" in result.stderr and "pipeline" in result.stderr
 
 
-def test_compare_live_puts_both_models_in_the_report(make_topic, deploy) -> None:
+def _scored_from(model: Any, events: list[dict[str, Any]], first_scored: int) -> dict[str, float]:
+    """River's own loop over ``events``: learns them all, scores those from ``first_scored``."""
+    from river import metrics
+
+    accuracy, logloss = metrics.Accuracy(), metrics.LogLoss()
+    for i, e in enumerate(events):
+        if i >= first_scored:
+            proba = model.predict_proba_one(e["features"])
+            accuracy.update(e["label"], max(proba, key=proba.get) if proba else None)
+            logloss.update(e["label"], proba)
+        model.learn_one(e["features"], e["label"])
+    return {"Accuracy": accuracy.get(), "LogLoss": logloss.get()}
+
+
+def test_compare_live_scores_both_models_only_on_events_neither_learned(make_topic, deploy) -> None:
+    from river import tree
+
     dep = deploy(make_topic(partitions=1))
     _learn_live(dep, 300)
+    live_before = dep.learner().model.clone(include_attributes=True)
+    events = phishing_events(n=500)
+    produce(dep.bootstrap, dep.topic, encode(events[300:]))
     spec_path = _tree_spec(dep)
     folder = dep.tmp_path / "cmp"
     result = _cli(dep, "--report", str(folder), "--spec", str(spec_path), "--compare", "live")
     assert result.returncode == 0, result.stderr
     report = json.loads((folder / "report.json").read_text())
-    live = report["compare"]["live"]
-    assert live["events_scored"] == report["replayed"]["events_scored"] == 300
-    assert set(live["metrics"]) == {"Accuracy", "LogLoss"} == set(report["replayed"]["metrics"])
-    assert live["metrics"]["Accuracy"] != report["replayed"]["metrics"]["Accuracy"]
-    assert live["series"] and report["replayed"]["series"]
+    live, replayed = report["compare"]["live"], report["replayed"]
+    assert report["compare"]["scored_on"] == {f"{dep.topic}/0": [300, 500]}
+    # The replayed tree learns all 500, but it and the live model are scored on the 200
+    # events the live model had not learned.
+    assert replayed["events_learned"] == 500 and replayed["events_scored"] == 200
+    assert live["events_learned"] == live["events_scored"] == 200
+    want_replayed = _scored_from(tree.HoeffdingTreeClassifier(), events, 300)
+    want_live = _scored_from(live_before, events[300:], 0)
+    for got, want in ((replayed["metrics"], want_replayed), (live["metrics"], want_live)):
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            assert math.isclose(got[name], value, rel_tol=0, abs_tol=1e-12), name
+    assert live["series"] and replayed["series"]
+
+
+def test_compare_live_refuses_a_range_the_live_model_has_learned(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 100)
+    result = _cli(dep, "--compare", "live")
+    assert result.returncode == 2, result.stderr
+    assert "has learned every event of the range" in result.stderr
+
+
+def test_start_live_resumes_where_the_live_model_stopped(make_topic, deploy) -> None:
+    dep = deploy(make_topic(partitions=1))
+    _learn_live(dep, 300)
+    produce(dep.bootstrap, dep.topic, encode(phishing_events(n=500)[300:]))
+    result = _replay(dep, start="live")
+    assert result.report["started_at"] == {f"{dep.topic}/0": 300}
+    assert result.report["counts"]["learned"] == 200
+    # Live model + 200 more = the same as one replay over all 500 events, from fresh.
+    (resumed,) = result.final.values()
+    whole = _replay(dep)
+    (fresh,) = whole.final.values()
+    a, b = load_learner(dep.codec, resumed.blob), load_learner(dep.codec, fresh.blob)
+    assert a.stats()["events_learned"] == b.stats()["events_learned"] == 500
+    for x in PROBE:
+        assert a.predict_proba_one(x) == b.predict_proba_one(x)
 
 
 def test_start_from_a_release_and_send_invalid_events_to_the_dlq(make_topic, deploy) -> None:

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry
 
 from stream.metrics import WorkerMetrics
 
-UNITS = ("_seconds", "_bytes", "_events", "_total", "_partitions", "_metric")
+# "_up": a 1/0 state without a unit, as Prometheus' own ``up``.
+UNITS = ("_seconds", "_bytes", "_events", "_total", "_partitions", "_metric", "_up")
 
 
 def test_names_prefixes_and_units() -> None:
