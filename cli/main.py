@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cli.logs import setup_logging
 from livelearn.errors import (
     ConfigError,
+    DeadLetterError,
     LivelearnError,
     ReleaseError,
     ServiceUnavailable,
@@ -48,6 +49,7 @@ EXIT_CODES: tuple[tuple[type[LivelearnError], int], ...] = (
     (ReleaseError, EXIT_BAD_SETTINGS),
     (ServiceUnavailable, EXIT_UNAVAILABLE),
     (StackError, EXIT_UNAVAILABLE),
+    (DeadLetterError, EXIT_UNAVAILABLE),
     (SnapshotError, EXIT_BAD_DATA),
 )
 

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from store.connection import connect_redis
     from store.releases import ReleaseStore
     from stream.app import ensure_topics
-    from stream.dlq import KafkaDeadLetterSink, dlq_topic
+    from stream.dlq import dead_letter_sink, dlq_topic
 
     settings = _settings(args)
     spec = _spec(settings, args)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     dlq = None
     if args.dlq:
         ensure_topics(bootstrap, {dlq_topic(t, k.dlq_suffix): 1 for t in spec.topics})
-        dlq = KafkaDeadLetterSink(bootstrap, k.dlq_suffix, k.client_id)
+        dlq = dead_letter_sink(settings)
     try:
         result = run_replay(
             settings,

@@ -87,6 +87,20 @@ class OutageSettings(_Section):
     stall_timeout_s: float = Field(60.0, gt=0)
 
 
+class DeadLetterSettings(_Section):
+    """How dead letters are sent: each is confirmed (acks=all) before a checkpoint passes it."""
+
+    # The producer's largest request: a larger dead letter is sent with its value cut (a
+    # header says so). Keep it at or below the dead-letter topics' max.message.bytes.
+    max_request_size: int = Field(1024 * 1024, ge=64 * 1024)
+    # Sends per dead letter before its shard is held, with an exponential backoff.
+    attempts: int = Field(5, ge=1)
+    backoff_s: float = Field(0.25, ge=0)
+    max_backoff_s: float = Field(4.0, ge=0)
+    # How long one attempt waits to connect and for the acknowledgement.
+    timeout_s: float = Field(10.0, ge=0.1)
+
+
 class SecuritySettings(_Section):
     snapshot_key: SecretStr | None = None
     hash_key: SecretStr | None = None
@@ -153,6 +167,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     outage: OutageSettings = OutageSettings()
+    dead_letters: DeadLetterSettings = DeadLetterSettings()
     security: SecuritySettings = SecuritySettings()
     events: EventSettings = EventSettings()
     http: HttpSettings = HttpSettings()

@@ -20,7 +20,7 @@ from livelearn.errors import ServiceUnavailable
 from settings import Settings
 from store.checkpoints import RedisCheckpointStore
 from store.connection import connect_redis
-from stream.dlq import KafkaDeadLetterSink, dlq_topic
+from stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
 from stream.fetcher import ProcessConsumer
 from stream.health import HealthServer
 from stream.metrics import WorkerMetrics
@@ -156,7 +156,7 @@ def build_worker(
         raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
     metrics = WorkerMetrics()
     store = RedisCheckpointStore(client, settings.redis.key_prefix)
-    dlq = KafkaDeadLetterSink(bootstrap, k.dlq_suffix, k.client_id)
+    dlq = dead_letter_sink(settings)
     worker = Worker(
         settings, consumer, store, dlq, codec, hash_key, metrics, on_progress=on_progress
     )

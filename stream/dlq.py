@@ -38,6 +38,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from livelearn.errors import ConfigError, DeadLetterError
+from settings import Settings
 
 log = logging.getLogger("livelearn.dlq")
 
@@ -202,6 +203,19 @@ def _cut_headers(part: str, data: bytes) -> list[tuple[str, bytes]]:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def dead_letter_sink(settings: Settings) -> KafkaDeadLetterSink:
+    """The sink the ``kafka`` and ``dead_letters`` settings describe."""
+    k, d = settings.kafka, settings.dead_letters
+    return KafkaDeadLetterSink(
+        settings.require_services()[0],
+        k.dlq_suffix,
+        k.client_id,
+        max_request_size=d.max_request_size,
+        retry=RetryPolicy(d.attempts, d.backoff_s, d.max_backoff_s),
+        timeout_s=d.timeout_s,
+    )
 
 
 class KafkaDeadLetterSink:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import cli.main
-from livelearn import SnapshotRefused, StaleEpochError
+from livelearn import DeadLetterError, SnapshotRefused, StaleEpochError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,6 +65,23 @@ def test_redis_that_does_not_answer_exits_69(
     assert cli.main.main(["--config", config, "models", "list"]) == cli.main.EXIT_UNAVAILABLE
     assert cli.main.EXIT_UNAVAILABLE == 69
     assert "does not answer" in capsys.readouterr().err
+
+
+def test_an_undeliverable_dead_letter_exits_69(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lost = DeadLetterError([("payments", 0, 7)], ["KafkaTimeoutError"])
+    monkeypatch.setattr(cli.main, "_cmd_stack", _raising(lost))
+    assert cli.main.main(["stack", "status"]) == cli.main.EXIT_UNAVAILABLE
+    assert "not delivered" in capsys.readouterr().err
+
+
+def test_a_dead_letter_setting_out_of_range_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, dead_letters={"max_request_size": 1000})
+    assert cli.main.main(["--config", config, "models", "list"]) == cli.main.EXIT_BAD_SETTINGS
+    assert "dead_letters.max_request_size" in capsys.readouterr().err
 
 
 def test_nothing_to_show_exits_3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
