@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
         help="delete every checkpoint of the model (all shards, epochs and versions) so that "
         "the next worker start trains it afresh with its configured spec; releases are kept",
         description="Delete every checkpoint of the model so that the next worker start "
-        "trains it afresh, from kafka.auto_offset_reset, with the spec in the configuration: "
+        "trains it afresh, from the spec's start, with the spec in the configuration: "
         "the way forward when a worker refuses shards whose checkpoint was learned under "
         "another spec. Releases are kept (a pinned release is still served). Stop or hold "
         "the model's workers first.",
@@ -324,7 +324,7 @@ def _cmd_models_reset(args: argparse.Namespace) -> int:
         print(f"deleted {shard}")
     print(
         f"{args.name}: {len(deleted)} checkpoint(s) deleted; the next worker start trains it "
-        "afresh from kafka.auto_offset_reset; its releases are kept"
+        "afresh from its spec's start; its releases are kept"
     )
     return 0
 
@@ -342,10 +342,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from livelearn.errors import ConfigError
-    from serving.api import create_app
+    from serving.api import create_app, serve
     from serving.lookup import Lookup
     from serving.metrics import ServingMetrics
 
@@ -361,20 +359,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
     metrics = ServingMetrics()
+    prediction_log = None
+    topic = settings.serving.prediction_log_topic
+    if topic is not None:
+        from serving.prediction_log import PredictionLog
+        from stream.app import ensure_topics
+
+        bootstrap = settings.require_services()[0]
+        ensure_topics(bootstrap, {topic: 1})
+        prediction_log = PredictionLog(bootstrap, topic, settings.kafka.client_id, metrics.registry)
     lookup = Lookup(settings, metrics=metrics)
     lookup.start()
     # The loaded models are long-lived: keep the collector from walking them on every
     # young-generation pass (it was the main source of the prediction latency tail).
     gc.freeze()
     try:
-        app = create_app(lookup, settings, metrics)
+        app = create_app(lookup, settings, metrics, prediction_log)
         host, port = settings.serving.host, settings.serving.port
         log.info("serving predictions", extra={"fields": {"url": f"http://{host}:{port}"}})
-        # One worker: the lookup holds the models in this process's memory. Requests are not
-        # logged one by one (uvicorn's access log), and uvicorn logs through our handler.
-        uvicorn.run(app, host=host, port=port, workers=1, log_config=None, access_log=False)
+        serve(app, settings.serving, metrics)
     finally:
         lookup.close()
+        if prediction_log is not None:
+            prediction_log.close()
     return 0
 
 

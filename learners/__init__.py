@@ -16,10 +16,17 @@ from learners.combine import (
 )
 from learners.fingerprint import LEARNING_FIELDS, spec_changes, spec_fingerprint
 from learners.labels import check_label
-from learners.learner import Learner, load_learner
+from learners.learner import Learner, in_holdout, load_learner
 from learners.sanitize import Sanitizer
 from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
-from learners.spec import CheckpointPolicy, ModelSpec, RiverRef, SanitizeRule, Task
+from learners.spec import (
+    CheckpointPolicy,
+    ModelSpec,
+    RiverRef,
+    SanitizeRule,
+    StartPosition,
+    Task,
+)
 
 __all__ = [
     "LEARNING_FIELDS",
@@ -31,11 +38,13 @@ __all__ = [
     "SanitizeRule",
     "Sanitizer",
     "SnapshotCodec",
+    "StartPosition",
     "Task",
     "check_label",
     "combine_metrics",
     "combine_proba",
     "combine_values",
+    "in_holdout",
     "load_learner",
     "murmur2",
     "partition_for_key",

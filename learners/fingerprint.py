@@ -3,8 +3,9 @@
 A checkpointed learner carries the spec it was built from. The worker compares that
 spec's fingerprint with the configured one's before it resumes a shard, so a changed
 pipeline, feature list, label, metric, window, drift detector or sanitize rule is never
-silently ignored. The checkpoint cadence, the topics and ``route_by_key`` do not change
-what a shard learns, so they are left out: changing them resumes the shards as they are.
+silently ignored. The checkpoint cadence, the topics, ``route_by_key`` and ``start`` (where
+a shard with no checkpoint begins) do not change what a shard learns from its checkpoint,
+so they are left out: changing them resumes the shards as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LEARNING_FIELDS: tuple[str, ...] = (
     "rolling_window",
     "drift",
     "sanitize",
+    "delayed_labels",
+    "holdout",
 )
 
 
@@ -38,6 +41,11 @@ def _canonical(spec: ModelSpec) -> dict[str, Any]:
         data["include"] = sorted(data["include"])
     data["exclude"] = sorted(data["exclude"])
     data["sanitize"] = sorted(data["sanitize"], key=lambda rule: rule["field"])
+    # Fields added later count only when set: an upgrade keeps older specs' fingerprints
+    # (and a learner pickled before the field existed has no value for it).
+    for name, unset in (("delayed_labels", None), ("holdout", 0.0)):
+        if data.get(name, unset) == unset:
+            data.pop(name, None)
     return data
 
 
@@ -59,7 +67,7 @@ def spec_fingerprint(spec: ModelSpec) -> str:
     ... )
     >>> len(spec_fingerprint(spec))
     64
-    >>> moved = spec.model_copy(update={"topics": ["u"], "name": "n"})
+    >>> moved = spec.model_copy(update={"topics": ["u"], "name": "n", "start": "latest"})
     >>> spec_fingerprint(moved) == spec_fingerprint(spec)
     True
     >>> reordered = ModelSpec.model_validate({**spec.model_dump(), "include": ["b", "a"]})
@@ -93,4 +101,4 @@ def spec_changes(old: ModelSpec, new: ModelSpec) -> list[str]:
 
     """
     before, after = _canonical(old), _canonical(new)
-    return [name for name in LEARNING_FIELDS if _dumps(before[name]) != _dumps(after[name])]
+    return [name for name in LEARNING_FIELDS if _dumps(before.get(name)) != _dumps(after.get(name))]

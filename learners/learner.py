@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import collections
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 from river import base, compose
 
+from learners.monitor import Monitor
 from learners.snapshot import SnapshotCodec
-from learners.spec import ModelSpec
-from livelearn.errors import SnapshotRefused
+from learners.spec import DelayedLabels, ModelSpec
+from livelearn.errors import InvalidEvent, SnapshotRefused
 
-__all__ = ["Learner", "load_learner"]
+__all__ = ["LABEL_OUTCOMES", "Learner", "in_holdout", "load_learner"]
+
+# What became of pending predictions (Learner.label_counts): a label joined them, or they
+# expired. Labels that join nothing are dead letters (label_unmatched, _duplicate, _late).
+LABEL_OUTCOMES = ("joined", "expired")
 
 # Enough history to line drift detections up with a dashboard without growing the snapshot.
 _DRIFT_OFFSETS_KEPT = 100
+
+
+def in_holdout(event_id: str, share: float) -> bool:
+    """Whether the event belongs to a model's holdout: the same answer for an id on every
+    worker and every replay (CRC-32 of the id, in steps of 1/10,000).
+
+    >>> in_holdout("e1", 0.0), in_holdout("e1", 0.9999)
+    (False, True)
+    """
+    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % 10_000 < share * 10_000
 
 
 def _final_step(model: Any) -> Any:
@@ -82,11 +98,20 @@ class Learner:
         self._detector: Any = spec.build_drift()
         self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
         self._select = spec if spec.include is not None or spec.exclude else None
+        monitor = getattr(spec, "monitor", None)
+        self._monitor = None if monitor is None else Monitor(monitor, self._classifier)
         self.events_learned = 0
         self.events_scored = 0
         self.drift_detections = 0
         self.drift_offsets: collections.deque[int] = collections.deque(maxlen=_DRIFT_OFFSETS_KEPT)
         self.last_offset: int | None = None
+        # Delayed labels (spec.delayed_labels): predictions awaiting their label, by event
+        # id in prediction order, and bounded records of joined and expired ids.
+        self._pending: dict[str, tuple[Mapping[str, Any], Any, Any, int]] = {}
+        self._joined: dict[str, None] = {}
+        self._expired: dict[str, None] = {}
+        self._newest_ms = 0
+        self.label_counts = dict.fromkeys(LABEL_OUTCOMES, 0)
 
     def reset_metrics(self) -> None:
         """Start the cumulative and rolling metrics afresh; the model, counts and drift
@@ -115,6 +140,10 @@ class Learner:
             maxlen=self.spec.rolling_window
         )
         self._evaluated = 0
+        # The holdout's own metrics (spec.holdout), fed as the progressive ones are.
+        share = getattr(self.spec, "holdout", 0.0)
+        self._holdout_metrics = tuple(self.spec.build_metrics()) if share else ()
+        self.holdout_scored = 0
 
     def __repr__(self) -> str:
         return (
@@ -155,25 +184,154 @@ class Learner:
 
         """
         x = features if self._select is None else self._select.select_features(features)
-        model = self._model
         if label is None:
-            y_pred = model.predict_one(x)
+            y_pred = self._model.predict_one(x)
             self.events_scored += 1
             self.last_offset = offset
+            if self._monitor is not None:
+                self._monitor.observe(features, y_pred, offset)
             return y_pred
+        y_pred, proba = self._scored(features, x, offset)
+        self._learn(x, label, y_pred, proba, offset)
+        return y_pred
 
-        proba: Any = None
+    def score_holdout(self, features: Mapping[str, Any], label: Any, offset: int) -> Any:
+        """Score a labelled event of the holdout into the holdout metrics; never learn it."""
+        x = features if self._select is None else self._select.select_features(features)
+        y_pred, proba = self._scored(features, x, offset)
+        self._score_holdout(label, y_pred, proba)
+        return y_pred
+
+    def _score_holdout(self, label: Any, y_pred: Any, proba: Any) -> None:
+        for metric, wants_proba in zip(self._holdout_metrics, self._wants_proba, strict=True):
+            if wants_proba:
+                if proba:
+                    metric.update(label, proba)
+            elif y_pred is not None:
+                metric.update(label, y_pred)
+        self.holdout_scored += 1
+
+    def predict_pending(
+        self, event_id: str, features: Mapping[str, Any], offset: int, ts_ms: int
+    ) -> Any:
+        """Score an event whose label comes later, and keep the prediction for `join`.
+
+        Pending predictions beyond ``delayed_labels.max_pending``, or older than
+        ``max_age_s`` behind the newest event time seen, expire (counted).
+
+        Raises
+        ------
+        InvalidEvent
+            ``duplicate_id``: a prediction for ``event_id`` is pending already (the first
+            is kept).
+        """
+        delayed = self._delayed()
+        if event_id in self._pending:
+            raise InvalidEvent(
+                "duplicate_id", f"a prediction for event {event_id!r} awaits its label already"
+            )
+        x = features if self._select is None else self._select.select_features(features)
+        y_pred, proba = self._scored(features, x, offset)
+        self._pending[event_id] = (x, y_pred, proba, ts_ms)
+        self._newest_ms = max(self._newest_ms, ts_ms)
+        oldest = self._newest_ms - delayed.max_age_s * 1000
+        pending = self._pending
+        while pending:
+            first = next(iter(pending))
+            if len(pending) <= delayed.max_pending and pending[first][3] >= oldest:
+                break
+            del pending[first]
+            self._forget(self._expired, first)
+            self.label_counts["expired"] += 1
+        return y_pred
+
+    def join(self, event_id: str, label: Any, offset: int, ts_ms: int) -> float:
+        """Score the prediction kept for ``event_id`` against ``label``, then learn the
+        features it was made on; returns the label's delay in seconds (event time).
+
+        Raises
+        ------
+        InvalidEvent
+            ``label_unmatched`` (no prediction for that id was seen), ``label_duplicate``
+            (its label was joined already) or ``label_late`` (its prediction expired).
+        """
+        self._delayed()
+        kept = self._pending.pop(event_id, None)
+        if kept is None:
+            if event_id in self._joined:
+                outcome, why = "duplicate", "was joined already"
+            elif event_id in self._expired:
+                outcome, why = "late", "expired before its label came"
+            else:
+                outcome, why = "unmatched", "was never seen by this shard"
+            # Not counted here: the learner is untouched, and the worker counts the dead letter.
+            raise InvalidEvent(f"label_{outcome}", f"the prediction for event {event_id!r} {why}")
+        x, y_pred, proba, predicted_ms = kept
+        self.last_offset = offset
+        if self._holdout_metrics and in_holdout(event_id, self.spec.holdout):
+            self._score_holdout(label, y_pred, proba)
+        else:
+            self._learn(x, label, y_pred, proba, offset)
+        self._forget(self._joined, event_id)
+        self.label_counts["joined"] += 1
+        return max(0.0, (ts_ms - predicted_ms) / 1000)
+
+    @property
+    def events_only_scored(self) -> int:
+        """Events scored and not learned with it: without a label, or (delayed labels)
+        awaiting theirs; a joined label counts as learned, not again as scored."""
+        joined: int = getattr(self, "label_counts", {}).get("joined", 0)
+        return self.events_scored - self.events_learned + joined
+
+    @property
+    def alarms(self) -> dict[str, int]:
+        """Label-free alarms raised so far, by signal (empty without a monitor)."""
+        monitor = getattr(self, "_monitor", None)
+        return {} if monitor is None else dict(monitor.alarms)
+
+    @property
+    def pending_labels(self) -> int:
+        """Predictions awaiting their label."""
+        return len(self._pending)
+
+    def _delayed(self) -> DelayedLabels:
+        delayed: DelayedLabels | None = getattr(self.spec, "delayed_labels", None)
+        if delayed is None:
+            raise TypeError(f"model {self.spec.name!r} takes its labels with its features")
+        return delayed
+
+    def _forget(self, recent: dict[str, None], event_id: str) -> None:
+        """Remember ``event_id`` in a bounded record (to tell a late label from a stray)."""
+        recent[event_id] = None
+        if len(recent) > self._delayed().max_pending:
+            del recent[next(iter(recent))]
+
+    def _scored(
+        self, features: Mapping[str, Any], x: Mapping[str, Any], offset: int
+    ) -> tuple[Any, Any]:
+        """Predict for ``x`` (the selected ``features``), count the event as scored and
+        show it to the monitor; the predicted label and the probabilities."""
+        y_pred, proba = self._predict(x)
+        self.events_scored += 1
+        self.last_offset = offset
+        if self._monitor is not None:
+            self._monitor.observe(features, y_pred, offset)
+        return y_pred, proba
+
+    def _predict(self, x: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The predicted label and, when a metric scores probabilities, the probabilities."""
+        model = self._model
         if self._proba_metrics:
             proba = model.predict_proba_one(x)
             if not self._label_from_proba:
-                y_pred = model.predict_one(x)
-            else:
-                y_pred = max(proba, key=proba.get) if proba else None
-        else:
-            y_pred = model.predict_one(x)
-        self.events_scored += 1
-        self.last_offset = offset
+                return model.predict_one(x), proba
+            return (max(proba, key=proba.get) if proba else None), proba
+        return model.predict_one(x), None
 
+    def _learn(
+        self, x: Mapping[str, Any], label: Any, y_pred: Any, proba: Any, offset: int
+    ) -> None:
+        """Score ``y_pred``/``proba`` against ``label``, watch drift, then learn ``x``."""
         evaluated = False
         if y_pred is not None:
             for metric in self._label_metrics:
@@ -198,10 +356,8 @@ class Learner:
             evaluated = True
         if evaluated:
             self._evaluated += 1
-
-        model.learn_one(x, label)
+        self._model.learn_one(x, label)
         self.events_learned += 1
-        return y_pred
 
     def predict_one(self, x: Mapping[str, Any]) -> Any:
         """Return the model's prediction for features ``x`` (feature selection applied)."""
@@ -255,7 +411,38 @@ class Learner:
             },
             "drift_detections": self.drift_detections,
             "drift_offsets": list(self.drift_offsets),
+            **({"holdout": self._holdout_stats()} if self._holdout_metrics else {}),
+            **(
+                {"monitor": monitor.stats()}
+                if (monitor := getattr(self, "_monitor", None)) is not None
+                else {}
+            ),
+            **(
+                {"labels": {**self.label_counts, "pending": len(self._pending)}}
+                if getattr(self.spec, "delayed_labels", None) is not None
+                else {}
+            ),
         }
+
+    def _holdout_stats(self) -> dict[str, Any]:
+        """The holdout's metrics, and each one's gap to the progressive metric, signed so
+        that a positive gap means the progressive figure looks better than the holdout's."""
+        values = {
+            name: _metric_value(metric.get()) if self.holdout_scored else None
+            for name, metric in zip(self._names, self._holdout_metrics, strict=True)
+        }
+        gaps: dict[str, float | None] = {}
+        for name, metric, held in zip(
+            self._names, self._metrics, self._holdout_metrics, strict=True
+        ):
+            progressive = _metric_value(metric.get()) if self._evaluated else None
+            holdout = values[name]
+            if progressive is None or holdout is None:
+                gaps[name] = None
+            else:
+                gap = progressive - holdout
+                gaps[name] = gap if held.bigger_is_better else -gap
+        return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
 
 
 def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:

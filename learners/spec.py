@@ -22,7 +22,8 @@ import numbers
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -39,6 +40,7 @@ from river import base, compose
 from river import metrics as river_metrics
 
 from learners._river_names import canonical_name, resolve_class
+from learners.monitor import MonitorSpec
 from livelearn.errors import SpecError
 
 __all__ = [
@@ -46,10 +48,14 @@ __all__ = [
     "ModelSpec",
     "RiverRef",
     "SanitizeRule",
+    "StartPosition",
     "Task",
 ]
 
 Task = Literal["binary", "multiclass", "regression"]
+# Where a shard with no checkpoint starts reading: the partition's first event, its end,
+# or the first event at or after a time (timezone-aware).
+StartPosition: TypeAlias = Literal["earliest", "latest"] | datetime
 
 # Cheap defaults: ROCAUC keeps ten confusion matrices and costs more per event than LogLoss.
 DEFAULT_METRICS: Mapping[str, tuple[str, ...]] = {
@@ -248,6 +254,20 @@ class CheckpointPolicy(_Spec):
     every_seconds: float = Field(default=1.0, gt=0)
 
 
+class DelayedLabels(_Spec):
+    """Labels that come after the prediction, in label-only events joined by event id.
+
+    An event with features and no label is scored and its prediction kept; a label-only
+    event (the id and the label, no features) joins it: the metrics compare the prediction
+    made at prediction time with the label, and the model learns the features it predicted
+    on. Pending predictions are bounded by count and by age (in event time, so a replay
+    expires the same ones); an expired one is counted, its late label dead-lettered.
+    """
+
+    max_pending: int = Field(default=100_000, gt=0)
+    max_age_s: float = Field(default=7 * 86_400.0, gt=0)
+
+
 # --- Metrics ----------------------------------------------------------------------------------
 
 
@@ -320,9 +340,24 @@ class ModelSpec(_Spec):
     drift: RiverRef | None = RiverRef.model_validate({"class": "drift.ADWIN"})
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     sanitize: list[SanitizeRule] = Field(default_factory=list)
+    # Learn from labels that arrive later, in label-only events (None: labels come with
+    # their features).
+    delayed_labels: DelayedLabels | None = None
+    # A share of labelled events, chosen by a hash of the event id, that is scored into
+    # separate holdout metrics and never learned: the gap between progressive and holdout
+    # quality shows a model that looks better than it is (see Learner.score_holdout).
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Label-free signals (prediction and feature drift, unseen categories, null
+    # predictions): see learners/monitor.py; None turns them off. Not part of the
+    # fingerprint: they watch the model, they do not change what it learns.
+    monitor: MonitorSpec | None = MonitorSpec()
     # Serve each prediction from the shard of the event's key (Kafka's default partitioner
     # maps a key to its partition) instead of combining every shard.
     route_by_key: bool = False
+    # Where a new shard (one with no checkpoint) starts: "earliest", "latest", or the first
+    # event at or after an ISO-8601 time; None follows kafka.auto_offset_reset. A shard
+    # with a checkpoint always resumes from it, so this never moves a running model.
+    start: StartPosition | None = None
 
     _include: frozenset[str] | None = PrivateAttr(default=None)
     _exclude: frozenset[str] = PrivateAttr(default=frozenset())
@@ -373,6 +408,33 @@ class ModelSpec(_Spec):
                 problem = f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-')"
                 raise _invalid("ModelSpec", (i,), problem, topic)
         return topics
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _parse_start(cls, value: Any) -> Any:
+        if value is None or value in ("earliest", "latest"):
+            return value
+        when = value
+        if isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value.strip())
+            except ValueError:
+                when = None
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            when = None  # a day alone: which time of it, in which zone?
+        if not isinstance(when, datetime):
+            problem = (
+                f"{_short.repr(value)} is not a start position: use earliest, latest or an "
+                "ISO-8601 time with its timezone, e.g. 2026-11-26T10:00:00Z"
+            )
+            raise _invalid("ModelSpec", (), problem, value)
+        if when.tzinfo is None or when.utcoffset() is None:
+            problem = (
+                f"{_short.repr(value)} has no timezone: write it as e.g. "
+                "2026-11-26T10:00:00Z or 2026-11-26T11:00:00+01:00"
+            )
+            raise _invalid("ModelSpec", (), problem, value)
+        return when
 
     @field_validator("pipeline")
     @classmethod

@@ -10,45 +10,77 @@ Routes::
     GET  /metrics                    Prometheus text
     GET  /openapi.json               the schema, with the ``bearerAuth`` scheme
 
+``create_app`` makes the app; ``serve`` runs it under uvicorn with the connection deadlines
+of ``serving._server``.
+
 Every ``/v1`` route wants ``Authorization: Bearer <token>`` with one of
 ``serving.tokens``: none or a malformed header gives 401, an unknown token 403.
 Neither tokens nor features are ever logged.
+
+A predict body is read as it streams in, refused past ``serving.max_body_bytes`` (413) or
+``serving.body_timeout_seconds`` (408) before it is parsed, measured against
+``serving.max_batch`` and ``serving.max_features`` before it is validated, and parsed,
+validated and predicted in a thread when it is large, so that no request holds up the
+others (``serving._body``). Every refusal is counted by its reason in
+``livelearn_api_rejected_total``; the server itself bounds how long a connection may take
+to send its headers (``serving._server``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
+import json
 import logging
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 
 from livelearn.errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
+from serving._body import BodyLimits, RequestRefused, decode_json, measure, read_body
+from serving._server import serve
 from serving.lookup import Lookup, Prediction
 from serving.metrics import ServingMetrics
+from serving.prediction_log import PredictionLog
+from serving.ui import PAGE, PAGE_POLICY, StatusBoard
 from settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serve"]
 
 log = logging.getLogger("livelearn.api")
 
-# Batches up to this size run on the event loop (each prediction is short: bench/bench_api.py
-# measures it); larger ones go to a thread so one big batch does not hold up every other
-# request.
+# Bodies and batches up to these sizes are parsed, validated and predicted on the event loop
+# (each step is short: bench/bench_api.py measures it); larger ones go to a thread, where
+# the interpreter switches to the loop between steps, so that one big body does not hold up
+# every other request.
+_INLINE_BODY_BYTES = 16 * 1024
 _INLINE_BATCH = 32
+# Large bodies worked on at once (the others wait their turn without a thread): the model
+# code is Python, so more threads add no speed, only more contenders with the event loop
+# for the interpreter's lock.
+_LARGE_AT_ONCE = 2
 # What a River model raises on features it cannot use; the caller's fault, so a 422.
 _MODEL_ERRORS = (TypeError, ValueError, ArithmeticError)
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -67,6 +99,9 @@ class Event(_Body):
 
     features: dict[str, FeatureValue]
     key: str | None = None
+    # Names the prediction in the prediction log: a delayed label for this id joins it.
+    # Generated when the log is on and none is given; returned with the prediction.
+    id: str | None = Field(None, min_length=1, max_length=256)
 
 
 class Error(BaseModel):
@@ -75,11 +110,28 @@ class Error(BaseModel):
     detail: str
 
 
+class ErrorItem(BaseModel):
+    """One problem with a request: where (`loc`, from `body`), what, and its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """A request that cannot be used, one item a problem."""
+
+    detail: list[ErrorItem]
+
+
 class PredictionOut(BaseModel):
     """One prediction, with the model version it came from."""
 
     model: str
     task: str
+    id: str | None = Field(
+        None, description="the event's id (generated when the prediction log is on)"
+    )
     prediction: StrictBool | StrictInt | float | str | None
     proba: dict[str, float | None] | None = Field(
         description="class probabilities, keyed by the class as a string; null for regression"
@@ -164,7 +216,12 @@ def _authorize(
         raise HTTPException(403, "token not accepted")
 
 
-def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> FastAPI:
+def create_app(
+    lookup: Lookup,
+    settings: Settings,
+    metrics: ServingMetrics,
+    prediction_log: PredictionLog | None = None,
+) -> FastAPI:
     """The API application serving ``lookup``.
 
     Parameters
@@ -175,12 +232,16 @@ def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> F
         ``serving.tokens`` are the accepted bearer tokens; ``serving.max_batch`` caps a batch.
     metrics
         Where requests and their latency are counted (the lookup counts predictions).
+    prediction_log
+        Where served predictions are written (``serving.prediction_log_topic``); None: off.
     """
+
+    serving = settings.serving
 
     class Batch(_Body):
         """Several events, predicted in one call."""
 
-        events: list[Event] = Field(min_length=1, max_length=settings.serving.max_batch)
+        events: list[Event] = Field(min_length=1, max_length=serving.max_batch)
 
     def _kind(body: Any) -> str:
         return "batch" if isinstance(body, dict) and "events" in body else "event"
@@ -188,15 +249,23 @@ def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> F
     PredictBody = Annotated[
         Annotated[Event, Tag("event")] | Annotated[Batch, Tag("batch")], Discriminator(_kind)
     ]
+    body_type: TypeAdapter[Event | Batch] = TypeAdapter(PredictBody)
+    limits = BodyLimits(
+        serving.max_body_bytes,
+        serving.body_timeout_seconds,
+        serving.max_batch,
+        serving.max_features,
+    )
 
     app = FastAPI(
         title="livelearn prediction API",
         version="1",
         description="Predictions from models that keep learning from live events.",
+        default_response_class=_JSONResponse,
     )
-    app.state.tokens = [t.get_secret_value().encode() for t in settings.serving.tokens]
+    app.state.tokens = [t.get_secret_value().encode() for t in serving.tokens]
     app.add_middleware(_RequestMetrics, metrics=metrics)
-    _add_error_handlers(app)
+    _add_error_handlers(app, metrics)
 
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": Error, "description": "no bearer token, or a malformed header"},
@@ -211,30 +280,99 @@ def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> F
             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
         },
     }
+    predict_errors: dict[int | str, dict[str, Any]] = {
+        **model_errors,
+        408: {
+            "model": Error,
+            "description": "the body did not arrive within serving.body_timeout_seconds "
+            "(the connection is closed)",
+        },
+        413: {
+            "model": Error,
+            "description": "the body is larger than serving.max_body_bytes: refused as soon "
+            "as that is known, unparsed, and the connection closed",
+        },
+        422: {
+            "model": InvalidRequest,
+            "description": "a body that cannot be used; `type` says why: `not_json` (or not "
+            "sent as application/json), `bad_encoding` (not UTF-8, or a lone surrogate "
+            "escape), `too_deep` (arrays or objects nested too deeply), `too_many_digits` (a "
+            "number of more than 4300 digits), `too_many_events` (a batch over "
+            "serving.max_batch), `too_many_features` (an event over serving.max_features), a "
+            "schema error, or `invalid_features` (the model cannot use them); `loc` says where",
+        },
+    }
     v1 = [Depends(_authorize)]
+    body_schema = body_type.json_schema(ref_template="#/components/schemas/{model}")
+    body_schemas = body_schema.pop("$defs", {})
 
-    async def predict(name: str, body: Any) -> dict[str, Any]:
-        """Predict one event, or a batch of events in order."""
+    def parse(raw: bytes) -> Event | Batch:
+        value = decode_json(raw)
+        measure(value, limits)
+        try:
+            return body_type.validate_python(value)
+        except ValidationError as exc:
+            items = _error_items(exc.errors(include_url=False, include_input=False), "body")
+            raise RequestRefused(422, "invalid_body", items) from None
+
+    def answer(name: str, body: Event | Batch) -> Response:
+        # Rendered here, in the thread for a large batch: FastAPI would check and render
+        # the answer on the event loop (the route's response_model only documents it).
         if isinstance(body, Event):
-            return _prediction(_guarded(lookup.predict_one, name, body.features, body.key))
+            one = _guarded(lookup.predict_one, name, body.features, body.key)
+            return _JSONResponse(served(body, one))
         rows = [e.features for e in body.events]
         keys = [e.key for e in body.events]
-        if len(rows) <= _INLINE_BATCH:
-            many = _guarded(lookup.predict_many, name, rows, keys)
-        else:
-            many = await run_in_threadpool(_guarded, lookup.predict_many, name, rows, keys)
-        return {"predictions": [_prediction(p) for p in many]}
+        many = _guarded(lookup.predict_many, name, rows, keys)
+        return _JSONResponse(
+            {"predictions": [served(e, p) for e, p in zip(body.events, many, strict=True)]}
+        )
 
-    # The body's type is made here (its batch limit is a setting), where FastAPI cannot find
-    # it by evaluating a postponed annotation: hand it the type itself before registering.
-    predict.__annotations__["body"] = PredictBody
-    app.post(
+    def served(event: Event, prediction: Prediction) -> dict[str, Any]:
+        """The answer for one event, written to the prediction log when it is on."""
+        answer = _prediction(prediction)
+        answer["id"] = event.id
+        if prediction_log is not None:
+            answer["id"] = event.id or uuid.uuid4().hex
+            prediction_log.log(answer["id"], event.key, prediction.features, answer)
+        return answer
+
+    def _parse_and_answer(name: str, raw: bytes) -> Response:
+        return answer(name, parse(raw))
+
+    large = asyncio.Semaphore(_LARGE_AT_ONCE)
+
+    @app.post(
         "/v1/models/{name}/predict",
         dependencies=v1,
-        responses=model_errors,
+        responses=predict_errors,
         response_model=PredictionOut | Predictions,
         tags=["predictions"],
-    )(predict)
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema}},
+            }
+        },
+    )
+    async def predict(name: str, request: Request) -> Response:
+        """Predict one event, or a batch of events in order.
+
+        A body is at most `serving.max_body_bytes` (default 1 MiB), arrives within
+        `serving.body_timeout_seconds`, and holds at most `serving.max_batch` events of at
+        most `serving.max_features` features each.
+        """
+        raw = await read_body(request, limits)
+        work: Callable[[], Response]
+        if len(raw) > _INLINE_BODY_BYTES:
+            work = functools.partial(_parse_and_answer, name, raw)
+        else:
+            body = parse(raw)
+            if not isinstance(body, Batch) or len(body.events) <= _INLINE_BATCH:
+                return answer(name, body)
+            work = functools.partial(answer, name, body)
+        async with large:
+            return await run_in_threadpool(work)
 
     @app.get("/v1/models", dependencies=v1, responses=errors, tags=["models"])
     def list_models() -> ModelList:
@@ -252,6 +390,19 @@ def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> F
         """A model's shards, offsets, events learned, metrics, drift, freshness and releases."""
         described: dict[str, Any] = _finite(lookup.describe(name))
         return described
+
+    board = StatusBoard(lookup.models, lookup.describe)
+
+    @app.get("/ui", include_in_schema=False)
+    def status_page() -> HTMLResponse:
+        """The status page: HTML and script only; its data comes from /v1/ui/status."""
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/v1/ui/status", dependencies=v1, responses=errors, tags=["models"])
+    def ui_status() -> dict[str, Any]:
+        """What the status page shows: every model with its history and firing alerts."""
+        status: dict[str, Any] = _finite(board.status())
+        return status
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Health:
@@ -279,7 +430,22 @@ def create_app(lookup: Lookup, settings: Settings, metrics: ServingMetrics) -> F
         """Prometheus metrics of this process."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The predict body is read by the route itself (FastAPI would parse and validate it on
+    # the event loop), so its schemas join the components here, in the schema FastAPI
+    # makes once and keeps.
+    app.openapi()["components"]["schemas"].update(body_schemas)
     return app
+
+
+class _JSONResponse(JSONResponse):
+    """Starlette's JSON answer, except that a string UTF-8 cannot encode (a lone surrogate)
+    is written with its ``\\u`` escape instead of failing the answer."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(
+            content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        )
+        return text.encode("utf-8", "backslashreplace")
 
 
 def _prediction(p: Prediction) -> dict[str, Any]:
@@ -356,39 +522,60 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _error_items(errors: Iterable[Mapping[str, Any]], *prefix: str) -> list[dict[str, Any]]:
+    """Validation errors as answer items: ``loc``, ``msg`` and ``type`` only (the input is
+    the caller's own, and may be large), every string one UTF-8 can encode.
+
+    >>> errors = [{"loc": ("event", "\\ud800"), "msg": "Extra", "type": "x", "input": 1}]
+    >>> _error_items(errors, "body")
+    [{'loc': ['body', 'event', '\\\\ud800'], 'msg': 'Extra', 'type': 'x'}]
+    """
+    return [
+        {
+            "loc": [*prefix, *(_printable(p) for p in err["loc"])],
+            "msg": _printable(str(err["msg"])),
+            "type": str(err["type"]),
+        }
+        for err in errors
+    ]
+
+
+def _printable(value: Any) -> Any:
+    """``value``, or for a string, the string with each lone surrogate as its escape."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestRefused)
+        metrics.rejected.labels(exc.reason).inc()
+        headers = {"Connection": "close"} if exc.close else None
+        return _JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
     async def unknown_model(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return _JSONResponse({"detail": str(exc)}, status_code=404)
 
     async def not_loaded(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ModelNotLoaded)
         retry_after = max(1, math.ceil(exc.retry_after))
-        return JSONResponse(
+        return _JSONResponse(
             {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after)}
         )
 
     async def invalid_features(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidFeatures)
+        metrics.rejected.labels("invalid_features").inc()
         loc = ["body", "features"] if exc.field is None else ["body", "features", exc.field]
-        detail = [{"loc": loc, "msg": str(exc), "type": "invalid_features"}]
-        return JSONResponse({"detail": detail}, status_code=422)
+        detail = _error_items([{"loc": loc, "msg": str(exc), "type": "invalid_features"}])
+        return _JSONResponse({"detail": detail}, status_code=422)
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        # FastAPI's own answer, less the NaN or infinity a body may carry (JSON has neither).
-        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+        return _JSONResponse({"detail": _error_items(exc.errors())}, status_code=422)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-            # FastAPI answers 400 to a body it cannot decode (not UTF-8); like any other body
-            # that is not the JSON asked for, it is a 422.
-            msg = "the body is not UTF-8 JSON"
-            detail = [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]
-            return JSONResponse({"detail": detail}, status_code=422)
-        return await http_exception_handler(request, exc)
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestRefused, refused)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(UnknownModel, unknown_model)
     app.add_exception_handler(ModelNotLoaded, not_loaded)

@@ -31,14 +31,14 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from learners import ModelSpec, Sanitizer, SnapshotCodec, Task
+from learners import ModelSpec, Sanitizer, SnapshotCodec, Task, combine_metrics
 from livelearn.errors import ConfigError, InvalidFeatures, UnknownModel
 from serving._features import check_batch, check_features
 from serving._loader import StateLoader
@@ -72,6 +72,8 @@ class Prediction:
     release: int | None  # the release served, None when following the latest checkpoints
     shards: dict[str, int]  # "topic/partition" -> next_offset of each shard state used
     freshness_seconds: float  # age of the newest checkpoint used
+    # The features predicted on, sanitized as in training (what the prediction log keeps).
+    features: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Lookup:
@@ -139,6 +141,8 @@ class Lookup:
             name: ServedState.build(spec, None, ()) for name, spec in specs.items()
         }
         self._release_numbers: dict[str, tuple[int, ...]] = {name: () for name in specs}
+        # The release_metric labels exported for each model (see _export_reference).
+        self._references: dict[str, list[tuple[str, str, str]]] = {}
         self._counted = {name: self._metrics.predictions.labels(name) for name in specs}
         self._timed = {name: self._metrics.lookup_seconds.labels(name) for name in specs}
         for name in specs:
@@ -266,11 +270,7 @@ class Lookup:
         shards, offsets, newest = state.answering(key, self._check_seconds)
         value, proba = combine(spec.task, shards, x)
         return Prediction(
-            spec.name, spec.task, value, proba, state.release, offsets, time.time() - newest
-        )
-
-        return Prediction(
-            spec.name, spec.task, value, proba, state.release, offsets, time.time() - newest
+            spec.name, spec.task, value, proba, state.release, offsets, time.time() - newest, x
         )
 
     # -- introspection ----------------------------------------------------------------
@@ -305,6 +305,11 @@ class Lookup:
                 "rolling_metrics": s.stats.get("rolling_metrics", {}),
                 "drift_detections": s.stats.get("drift_detections", 0),
                 "drift_offsets": s.stats.get("drift_offsets", []),
+                # Present when the spec asks for them: label-free signals, delayed labels,
+                # the holdout (None otherwise).
+                "monitor": s.stats.get("monitor"),
+                "labels": s.stats.get("labels"),
+                "holdout": s.stats.get("holdout"),
                 "updated_at": s.updated_at,
                 "age_seconds": round(now - s.updated_at, 3),
             }
@@ -375,12 +380,31 @@ class Lookup:
     def _swap(self, model: str, state: ServedState, reason: ReloadReason) -> None:
         self._states[model] = state
         self._metrics.reloads.labels(model, reason).inc()
+        self._export_reference(model, state)
         log.info(
             "serving %s %s",
             model,
             f"release {state.release}" if state.release is not None else "latest checkpoints",
             extra={"fields": {"model": model, "reason": reason, "shards": state.offsets}},
         )
+
+    def _export_reference(self, model: str, state: ServedState) -> None:
+        """A served release's metrics, for "quality below the release" alerts; nothing while
+        the model follows its latest checkpoints."""
+        gauge = self._metrics.release_metric
+        for labels in self._references.pop(model, []):  # the earlier release's
+            gauge.remove(*labels)
+        if state.release is None:
+            return
+        weighted = combine_metrics(
+            [(s.stats.get("metrics", {}), s.stats.get("events_learned", 0)) for s in state.shards]
+        )
+        exported = self._references[model] = []
+        for metric, value in weighted.items():
+            if value is not None:
+                labels = (model, str(state.release), metric)
+                gauge.labels(*labels).set(value)
+                exported.append(labels)
 
 
 def _client_from(settings: Settings) -> redis.Redis:

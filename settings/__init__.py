@@ -84,7 +84,17 @@ class OutageSettings(_Section):
     retry_max_s: float = Field(5.0, gt=0)
     # A subscribed worker that holds no partition (or whose consumer makes no progress
     # while its partitions have lag) for this long recreates its consumer.
-    stall_timeout_s: float = Field(60.0, gt=0)
+    stall_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> OutageSettings:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                f"outage.retry_max_s ({self.retry_max_s}) is less than outage.retry_initial_s "
+                f"({self.retry_initial_s}): the longest retry delay must be at least the first "
+                "(LIVELEARN_OUTAGE__RETRY_MAX_S, LIVELEARN_OUTAGE__RETRY_INITIAL_S)"
+            )
+        return self
 
 
 class DeadLetterSettings(_Section):
@@ -146,6 +156,25 @@ class ServingSettings(_Section):
     reload_check_seconds: float = Field(5.0, gt=0)
     keep_releases: int = Field(10, ge=1)
     max_batch: int = Field(1000, ge=1)
+    # A predict body larger than this is refused (413) while it streams in, before it is
+    # parsed: a full batch of max_batch events of a few dozen features fits.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Features one event may carry (422 past it): the cost of a prediction grows with them,
+    # and a model never learns from more than a worker's event (events.max_bytes) can hold.
+    max_features: int = Field(10_000, ge=1)
+    # A connection sends a request's headers within this time of opening (or of its
+    # previous answer), and its body within this time of its headers; else it is closed
+    # (with a 408 when it had begun). Slow clients cannot hold connections for ever.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    # An idle keep-alive connection is closed after this.
+    keep_alive_seconds: int = Field(5, ge=1)
+    # Open connections (and requests in progress) past which a request is answered 503:
+    # below the usual 1024 open files, so the server refuses rather than fails to accept.
+    max_connections: int = Field(1000, ge=1)
+    # Write every served prediction (id, sanitized features, prediction, release) to this
+    # Kafka topic, without making a request wait (serving/prediction_log.py); None: off.
+    prediction_log_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class LogSettings(_Section):

@@ -11,24 +11,37 @@ Keys, under ``key_prefix`` (default ``livelearn``)::
     {prefix}:models                              set of model names
     {prefix}:model:{model}:shards                set of "topic/partition"
     {prefix}:shard:{model}:{topic}:{partition}   hash (blob, next_offset, epoch, …)
-    {prefix}:epoch:{model}:{topic}:{partition}   fencing epoch (INCR on claim)
+    {prefix}:epoch:{model}:{topic}:{partition}   fencing epoch (bumped on claim)
     {prefix}:updates:{model}                     pub/sub channel
+
+An epoch is never handed out twice, even by a Redis that lost its data: a claim takes the
+stored epoch plus one, or Redis' clock in microseconds when that is larger. So a write
+refused with an epoch *above* the writer's means another worker claimed the shard since,
+and one refused with no epoch, or a smaller one, means Redis lost the writer's claim
+(a restart without persistence, or from an older snapshot), which ``reclaim`` takes back.
 
 ``delete_model`` removes a model's checkpoints and index entries and bumps its epochs
 (``livelearn models reset``); releases (``store/releases.py``) live under other keys.
+
+The methods a worker calls (``claim``, ``reclaim``, ``save``, ``epochs``, ``ping``) raise
+``ServiceUnavailable`` when Redis does not answer or cannot take writes, so that the
+worker can ride the outage out; the others raise redis-py's errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+from redis import exceptions as redis_errors
 
-from livelearn.errors import StaleEpochError
+from livelearn.errors import ServiceUnavailable, StaleEpochError
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +87,43 @@ class CheckpointStore(Protocol):
         """The shard's last checkpoint, if any."""
         ...
 
+    def reclaim(self, shard: ShardId, seen: int | None) -> int | None:
+        """Take the shard back after the store lost this worker's claim: bump its epoch only
+        if it is still ``seen``; the new epoch, or None when someone claimed it meanwhile."""
+        ...
+
+    def epochs(self, shards: Sequence[ShardId]) -> list[int | None]:
+        """The shards' current epochs (None where there is none); answers or raises even
+        for no shard, so it doubles as a health check."""
+        ...
+
+
+# Bumps the epoch in KEYS[1] to the larger of (stored + 1) and Redis' clock in microseconds,
+# so that an epoch is never handed out twice, even after Redis lost the key.
+_BUMP_LUA = """
+local epoch = redis.call('INCR', KEYS[1])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if epoch < floor then
+  redis.call('SET', KEYS[1], now[1] .. string.format('%06d', tonumber(now[2])))
+  epoch = floor
+end
+"""
+
+_CLAIM_LUA = _BUMP_LUA + "return epoch\n"
+
+# ARGV[1]: the epoch the caller last saw ('' for none)
+_RECLAIM_LUA = (
+    """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+  return {-1, current or ''}
+end
+"""
+    + _BUMP_LUA
+    + "return {epoch, ''}\n"
+)
+
 
 # KEYS: epoch, shard hash, model shard set, model set
 # ARGV: epoch, blob, next_offset, stats, updated_at, member, model, channel, message prefix
@@ -99,6 +149,19 @@ class RedisCheckpointStore:
         self._r = client
         self._prefix = prefix
         self._save = client.register_script(_SAVE_LUA)
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._reclaim = client.register_script(_RECLAIM_LUA)
+        self._where = _address(client)
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Turn Redis not answering (or refusing writes for now) into ServiceUnavailable."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            if not _is_outage(exc):
+                raise
+            raise ServiceUnavailable(f"Redis at {self._where} does not answer: {exc}") from exc
 
     def _shard_key(self, shard: ShardId) -> str:
         return f"{self._prefix}:shard:{shard.model}:{shard.topic}:{shard.partition}"
@@ -112,12 +175,34 @@ class RedisCheckpointStore:
 
     def claim(self, shard: ShardId) -> tuple[int, Checkpoint | None]:
         """Take ownership: bump the shard's epoch; return it with the last checkpoint."""
-        epoch = int(self._r.incr(self._epoch_key(shard)))
-        return epoch, self.load(shard)
+        with self._answering():
+            epoch = int(self._claim(keys=[self._epoch_key(shard)]))
+            return epoch, self.load(shard)
+
+    def reclaim(self, shard: ShardId, seen: int | None) -> int | None:
+        """Take the shard back after the store lost this worker's claim: bump its epoch only
+        if it is still ``seen``; the new epoch, or None when someone claimed it meanwhile."""
+        with self._answering():
+            result = self._reclaim(
+                keys=[self._epoch_key(shard)], args=["" if seen is None else str(seen)]
+            )
+        epoch = int(result[0])
+        return None if epoch < 0 else epoch
+
+    def epochs(self, shards: Sequence[ShardId]) -> list[int | None]:
+        """The shards' current epochs (None where there is none), in one round trip; a
+        ping when there is no shard."""
+        with self._answering():
+            if not shards:
+                self._r.ping()
+                return []
+            raw: list[bytes | None] = self._r.mget([self._epoch_key(s) for s in shards])  # type: ignore[assignment]
+        return [None if v is None else int(v) for v in raw]
 
     def ping(self) -> bool:
         """True when Redis answers."""
-        return bool(self._r.ping())
+        with self._answering():
+            return bool(self._r.ping())
 
     def current_epoch(self, shard: ShardId) -> int | None:
         """The epoch of the shard's present owner."""
@@ -132,30 +217,34 @@ class RedisCheckpointStore:
         Raises
         ------
         StaleEpochError
-            When another worker claimed the shard since this one did.
+            When the store holds another epoch (``current``): a later claim, or none at
+            all if Redis lost it.
+        ServiceUnavailable
+            When Redis does not answer; nothing was written.
         """
         message = json.dumps(
             {"topic": shard.topic, "partition": shard.partition, "next_offset": next_offset}
         )[:-1]
-        result = self._save(
-            keys=[
-                self._epoch_key(shard),
-                self._shard_key(shard),
-                f"{self._prefix}:model:{shard.model}:shards",
-                f"{self._prefix}:models",
-            ],
-            args=[
-                str(epoch),
-                blob,
-                next_offset,
-                json.dumps(stats, separators=(",", ":")),
-                repr(time.time()),
-                f"{shard.topic}/{shard.partition}",
-                shard.model,
-                self.channel(shard.model),
-                message,
-            ],
-        )
+        with self._answering():
+            result = self._save(
+                keys=[
+                    self._epoch_key(shard),
+                    self._shard_key(shard),
+                    f"{self._prefix}:model:{shard.model}:shards",
+                    f"{self._prefix}:models",
+                ],
+                args=[
+                    str(epoch),
+                    blob,
+                    next_offset,
+                    json.dumps(stats, separators=(",", ":")),
+                    repr(time.time()),
+                    f"{shard.topic}/{shard.partition}",
+                    shard.model,
+                    self.channel(shard.model),
+                    message,
+                ],
+            )
         version, current = int(result[0]), result[1]
         if version < 0:
             raise StaleEpochError(str(shard), epoch, int(current) if current else None)
@@ -246,6 +335,31 @@ class RedisCheckpointStore:
             topic, _, partition = text.rpartition("/")
             out.append(ShardId(model, topic, int(partition)))
         return sorted(out)
+
+
+def _is_outage(exc: redis.RedisError) -> bool:
+    """Whether ``exc`` means Redis cannot serve now (down, unreachable, loading, read-only,
+    out of memory, or refusing writes after a failed save), not a bug in the request."""
+    if isinstance(
+        exc,
+        redis_errors.ConnectionError  # BusyLoadingError and AuthenticationError too
+        | redis_errors.TimeoutError
+        | redis_errors.ReadOnlyError
+        | redis_errors.OutOfMemoryError
+        | redis_errors.MasterDownError
+        | redis_errors.TryAgainError,
+    ):
+        return True
+    return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(
+        ("MISCONF", "NOREPLICAS", "LOADING")
+    )
+
+
+def _address(client: redis.Redis) -> str:
+    """Where ``client`` connects, without credentials: ``host:port/db`` or a socket path."""
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return f"{where}/{kwargs.get('db', 0)}"
 
 
 def _glob_escape(text: str) -> str:

@@ -4,6 +4,7 @@
 - `stream.decode`: decode and validate an event (`EventDecoder`);
 - `stream.dlq`: the dead-letter topic for the events that fail;
 - `stream.worker`: the loop that feeds each partition's learner shard and checkpoints it;
+- `stream.kafka_watch`: whether Kafka answers the consumer, and whether it makes progress;
 - `stream.health`, `stream.metrics`: /healthz, /readyz and /metrics;
 - `stream.app`: the worker wired to the real Kafka, Redis and HTTP server;
 - `stream.replay`: the same code over a historical range of a topic.

@@ -6,27 +6,36 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from learners import SnapshotCodec
 from livelearn.errors import ServiceUnavailable
 from settings import Settings
 from store.checkpoints import RedisCheckpointStore
-from store.connection import connect_redis
+from store.connection import redis_client
 from stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
-from stream.fetcher import ProcessConsumer
+from stream.fetcher import LocalConsumer, ProcessConsumer
 from stream.health import HealthServer
 from stream.metrics import WorkerMetrics
+from stream.outage import Backoff
 from stream.worker import Consumer, ShardProgress, Worker
 
 log = logging.getLogger("livelearn.app")
+
+T = TypeVar("T")
+
+_BOOTSTRAP_TIMEOUT_MS = 5_000
 
 
 @contextlib.contextmanager
@@ -97,6 +106,26 @@ class WorkerProcess:
         self.worker.stop()
 
 
+def _riding_out(settings: Settings, call: Callable[[], T]) -> T:
+    """``call()``, retried with backoff while Kafka does not answer, up to
+    ``outage.timeout_s``; then its ServiceUnavailable, naming the setting."""
+    outage = settings.outage
+    backoff = Backoff(outage.retry_initial_s, outage.retry_max_s)
+    deadline = time.monotonic() + outage.timeout_s
+    while True:
+        try:
+            return call()
+        except (ServiceUnavailable, KafkaError) as exc:
+            delay = backoff.next_delay()
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(
+                    f"{exc} (retried for outage.timeout_s={outage.timeout_s:g} s, "
+                    "LIVELEARN_OUTAGE__TIMEOUT_S)"
+                ) from None
+            log.warning("Kafka does not answer yet, retrying in %.1f s: %s", delay, exc)
+            time.sleep(delay)
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -110,7 +139,7 @@ def build_worker(
     ConfigError
         A required setting (services, keys, models) is missing.
     ServiceUnavailable
-        Kafka or Redis does not answer.
+        Kafka does not answer. (Redis is waited for by the worker loop.)
     """
     bootstrap, _ = settings.require_services()
     codec = SnapshotCodec(settings.require_secret("snapshot_key"))
@@ -119,46 +148,69 @@ def build_worker(
         from livelearn.errors import ConfigError
 
         raise ConfigError("models is empty: configure at least one model spec")
-    client = connect_redis(settings)
+    # Not pinged here: a worker started while Redis is down waits for it, up to
+    # outage.timeout_s. One immediate retry covers a pooled connection that a Redis restart
+    # closed; past that the worker's own backoff decides (redis-py's default would block
+    # the loop for seconds on every call).
+    client = redis_client(settings, retry=Retry(NoBackoff(), 1))
     topics = sorted({t for spec in settings.models for t in spec.topics})
-    present = existing_topics(bootstrap, topics)
+    present = _riding_out(settings, lambda: existing_topics(bootstrap, topics))
     for topic in topics:
         if topic not in present:
             log.warning("topic %s does not exist yet; the worker waits for it", topic)
-    ensure_topics(bootstrap, {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in topics})
+    dlq_topics = {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in topics}
+    _riding_out(settings, lambda: ensure_topics(bootstrap, dlq_topics))
     k = settings.kafka
-    try:
-        config = {
-            "bootstrap_servers": bootstrap,
-            "group_id": k.group_id,
-            "client_id": k.client_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": k.auto_offset_reset,
-            "session_timeout_ms": k.session_timeout_ms,
-            "heartbeat_interval_ms": k.heartbeat_interval_ms,
-            "max_poll_interval_ms": k.max_poll_interval_ms,
-            "max_poll_records": k.max_poll_records,
-            "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
-            "fetch_max_bytes": k.fetch_max_bytes,
-            "metadata_max_age_ms": k.metadata_max_age_ms,
-        }
-        consumer: Consumer
-        if k.fetch_in_child:
-            consumer = ProcessConsumer(config, k.poll_timeout_ms)
-        else:
-            local = KafkaConsumer(**config)
+    config: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": k.group_id,
+        "client_id": k.client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": k.auto_offset_reset,
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        "max_poll_interval_ms": k.max_poll_interval_ms,
+        "max_poll_records": k.max_poll_records,
+        "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
+        "fetch_max_bytes": k.fetch_max_bytes,
+        "metadata_max_age_ms": k.metadata_max_age_ms,
+    }
+    if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:  # kafka-python >= 3.0.12
+        # A new consumer gives up soon when no broker answers (30 s by default), so that
+        # the worker retries with its backoff and checks its outage bound in between.
+        config["bootstrap_timeout_ms"] = _BOOTSTRAP_TIMEOUT_MS
+    # The fetch process answers once its consumer is made; a broker that accepts
+    # connections but does not answer is an outage the worker rides out, not a hang.
+    start_timeout = max(15.0, min(60.0, settings.outage.timeout_s))
+
+    def make_consumer() -> Consumer:
+        try:
+            if k.fetch_in_child:
+                return ProcessConsumer(config, k.poll_timeout_ms, start_timeout)
+            local = LocalConsumer(**config)
             # Load the topics' metadata before joining, so the first assignment covers
             # topics created just before start-up.
             for topic in present:
-                local.partitions_for_topic(topic)
-            consumer = local
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
+                with contextlib.suppress(KafkaError):  # a restarting broker: loaded later
+                    local.partitions_for_topic(topic)
+            return local
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
+
+    consumer = _riding_out(settings, make_consumer)
     metrics = WorkerMetrics()
     store = RedisCheckpointStore(client, settings.redis.key_prefix)
     dlq = dead_letter_sink(settings)
     worker = Worker(
-        settings, consumer, store, dlq, codec, hash_key, metrics, on_progress=on_progress
+        settings,
+        consumer,
+        store,
+        dlq,
+        codec,
+        hash_key,
+        metrics,
+        on_progress=on_progress,
+        consumer_factory=make_consumer,
     )
     http = None
     if serve_http:

@@ -42,12 +42,16 @@ INVALID_REASONS: tuple[InvalidReason, ...] = InvalidReason.__args__  # type: ign
 
 
 class Event(NamedTuple):
-    """A valid event; ``fields`` holds the label fields the models asked for."""
+    """A valid event; ``fields`` holds the label fields the models asked for.
+
+    ``features`` is None in a label-only event (a delayed label for the event ``id``),
+    which a decoder accepts only when a model of the topic takes delayed labels.
+    """
 
     id: str
     ts_ms: int | None
     key: str | None
-    features: dict[str, Any]
+    features: dict[str, Any] | None
     fields: dict[str, Any]
 
 
@@ -99,9 +103,12 @@ class EventDecoder:
         settings: EventSettings,
         label_fields: Iterable[str],
         clock: Callable[[], float] = time.time,
+        *,
+        label_only: bool = False,
     ) -> None:
         self._max_bytes = settings.max_bytes
         self._ts = settings.ts_field
+        self._features = settings.features_field
         self._clock = clock
         self._max_future_ms = settings.ts_max_future_s * 1000.0
         days = settings.ts_max_age_days
@@ -116,7 +123,9 @@ class EventDecoder:
         # Optional fields default to UNSET, so that decode can count the pairs present.
         fields: list[Any] = [
             ("id", str | int),
-            ("features", dict[str, _Feature]),
+            ("features", dict[str, _Feature] | UnsetType, UNSET)
+            if label_only
+            else ("features", dict[str, _Feature]),
             ("ts", str | int | None | UnsetType, UNSET),
             ("key", str | None | UnsetType, UNSET),
         ]
@@ -131,8 +140,14 @@ class EventDecoder:
         wire = msgspec.defstruct("WireEvent", fields, rename=rename)
         self._decoder = msgspec.json.Decoder(wire)
 
-    def decode(self, value: bytes | None) -> Event:
-        """Decode one record value; see the class docstring."""
+    def decode(self, value: bytes | None, produced_ms: int | None = None) -> Event:
+        """Decode one record value; see the class docstring.
+
+        ``produced_ms`` is the record's Kafka timestamp: the event's time is judged against
+        it (not ahead by more than ``events.ts_max_future_s``, not older than
+        ``events.ts_max_age_days``), so a record gets the same verdict on every worker, on
+        every restart and in a replay. Without one (or with Kafka's -1), the clock is used.
+        """
         if value is None:
             raise InvalidEvent("not_json", "the record has no value (a tombstone)")
         if len(value) > self._max_bytes:
@@ -161,7 +176,11 @@ class EventDecoder:
             ts_ms = None
         else:
             ts_ms = ts if type(ts) is int else parse_timestamp(ts, self._ts)
-            now_ms = self._clock() * 1000.0
+            now_ms = (
+                produced_ms
+                if produced_ms is not None and produced_ms >= 0
+                else self._clock() * 1000.0
+            )
             if not 0 <= ts_ms <= now_ms + self._max_future_ms or ts_ms < now_ms - self._max_age_ms:
                 raise self._outside_window(ts_ms, now_ms)
         key = wire.key
@@ -169,6 +188,14 @@ class EventDecoder:
             name: None if (label := getattr(wire, attr)) is UNSET else label
             for name, attr in self._labels
         }
+        if features is UNSET:
+            if all(label is None for label in labels.values()):
+                raise InvalidEvent(
+                    "missing_field",
+                    f"an event needs {self._features!r}, or, as a delayed label, one of "
+                    f"{', '.join(repr(name) for name, _ in self._labels)}",
+                )
+            features = None
         return Event(str(wire.id), ts_ms, None if key is UNSET else key, features, labels)
 
     def _outside_window(self, ts_ms: int, now_ms: float) -> InvalidEvent:
@@ -182,13 +209,14 @@ class EventDecoder:
             return InvalidEvent(
                 "bad_timestamp",
                 f"{shown} is more than events.ts_max_future_s="
-                f"{self._max_future_ms / 1000:g} s ahead of this worker's clock; "
-                "check the producer's clock or raise the setting",
+                f"{self._max_future_ms / 1000:g} s ahead of when the record was produced "
+                "(its Kafka timestamp); check the producer's clock or raise the setting",
             )
         return InvalidEvent(
             "bad_timestamp",
             f"{shown} is older than events.ts_max_age_days="
-            f"{self._max_age_ms / 86_400_000:g}; raise or unset the setting to learn it",
+            f"{self._max_age_ms / 86_400_000:g} when the record was produced (its Kafka "
+            "timestamp); raise or unset the setting to learn it",
         )
 
     def _classify_validation_error(self, message: str) -> InvalidEvent:

@@ -71,9 +71,11 @@ class DeadLetterSink(Protocol):
         reason: str,
         detail: str,
         source: tuple[str, int, int],
+        model: str | None = None,
     ) -> None:
-        """Queue one dead letter; ``source`` is (topic, partition, offset). Never raises
-        for a failed or too large dead letter: `flush` reports it."""
+        """Queue one dead letter; ``source`` is (topic, partition, offset), ``model`` the
+        model that refused the event (None when no model could read it). Never raises for
+        a failed or too large dead letter: `flush` reports it."""
         ...
 
     def flush(self) -> None:
@@ -100,14 +102,18 @@ def dlq_topic(topic: str, suffix: str) -> str:
     return topic + suffix
 
 
-def dedup_key(source: tuple[str, int, int], reason: str) -> str:
-    """The ``livelearn.dedup_key`` header: the same for every repeat of a dead letter.
+def dedup_key(source: tuple[str, int, int], reason: str, model: str | None = None) -> str:
+    """The ``livelearn.dedup_key`` header: the same for every repeat of a dead letter, and
+    distinct for each model that refused the same event.
 
     >>> dedup_key(("payments", 3, 1042), "not_json")
     'payments/3/1042/not_json'
+    >>> dedup_key(("payments", 3, 1042), "bad_label", "fraud")
+    'payments/3/1042/bad_label/fraud'
     """
     topic, partition, offset = source
-    return f"{topic}/{partition}/{offset}/{reason}"
+    key = f"{topic}/{partition}/{offset}/{reason}"
+    return key if model is None else f"{key}/{model}"
 
 
 @dataclass(frozen=True)
@@ -297,6 +303,7 @@ class KafkaDeadLetterSink:
         reason: str,
         detail: str,
         source: tuple[str, int, int],
+        model: str | None = None,
     ) -> None:
         """Queue one dead letter; ``source`` is (topic, partition, offset)."""
         src_topic, partition, offset = source
@@ -307,7 +314,7 @@ class KafkaDeadLetterSink:
             ("livelearn.source.topic", src_topic.encode()),
             ("livelearn.source.partition", str(partition).encode()),
             ("livelearn.source.offset", str(offset).encode()),
-            ("livelearn.dedup_key", dedup_key(source, reason).encode()),
+            ("livelearn.dedup_key", dedup_key(source, reason, model).encode()),
         ]
         # A null value is sent empty: Kafka refuses a record with neither key nor value.
         letter = _Letter(dlq_topic(topic, self._suffix), value or b"", key, headers, source)

@@ -11,11 +11,22 @@ Ordering is what keeps exactly-once intact: the child sends a batch, a revocatio
 an assignment in the order the consumer produced them, and while a rebalance callback
 runs in the child it waits for the worker's answer, applying the seeks and pauses the
 worker sends meanwhile. Records buffered before a revocation reach the worker first.
+A seek is answered with a marker: records of that partition sent before the child made
+the seek are dropped, so ``poll`` returns, as ``KafkaConsumer.poll`` does, only records
+from the new position.
+
+Both backends say what they know of Kafka (`KafkaStatus`): the child reports it every
+`_STATUS_EVERY_S` between polls, so a child whose loop stops turning is seen too, and the
+worker's `KafkaWatch` decides from it whether Kafka answers and whether the consumer makes
+progress. Closing is bounded (`CLOSE_TIMEOUT_S`): the consumer leaves its group when Kafka
+answers in time, and the child is killed past the bound, well within an orchestrator's
+grace period.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import subprocess
@@ -26,7 +37,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError
+from kafka.structs import MemberState, OffsetAndMetadata, OffsetAndTimestamp
 
 from livelearn.errors import ServiceUnavailable
 
@@ -54,6 +66,61 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
+class KafkaStatus(NamedTuple):
+    """What a consumer knows of Kafka and of its group, as of ``at`` (monotonic seconds).
+
+    ``answered_at`` is when Kafka last answered it (a heartbeat, a metadata refresh or a
+    fetch with records), None before the first answer; ``connected`` whether it has a
+    connection to any broker; ``joined`` whether it is a stable member of its group with a
+    known coordinator; ``assigned`` how many partitions the group gave it.
+    """
+
+    at: float
+    answered_at: float | None
+    connected: bool
+    joined: bool
+    assigned: int
+
+
+# How often the fetch process reports its `KafkaStatus` between polls.
+_STATUS_EVERY_S = 0.5
+# The whole of `ProcessConsumer.close`: well under the 30 s an orchestrator waits after
+# SIGTERM, and with room for the consumer to leave its group when Kafka answers.
+CLOSE_TIMEOUT_S = 8.0
+# A child that has not reported for this long is not expected to answer a close.
+_SILENT_S = 10 * _STATUS_EVERY_S
+# The part of it the child's own KafkaConsumer.close may take (commit, LeaveGroup).
+_CONSUMER_CLOSE_MS = 5_000
+
+
+def read_status(consumer: KafkaConsumer, records_at: float | None = None) -> KafkaStatus:
+    """The `KafkaStatus` of a kafka-python 3 ``KafkaConsumer`` (``records_at``: when it last
+    returned records). It reads the client's own bookkeeping, which no public call exposes:
+    the last heartbeat answered, the last metadata refresh, the open connections."""
+    now = time.monotonic()
+    answered = [] if records_at is None else [records_at]
+    connected = joined = False
+    try:
+        coordinator = consumer._coordinator
+        manager = consumer._client._manager
+        last_heartbeat = coordinator.heartbeat.last_receive
+        if math.isfinite(last_heartbeat):
+            answered.append(last_heartbeat)
+        refreshed_ms = manager.cluster._last_successful_refresh_ms
+        if refreshed_ms:
+            answered.append(refreshed_ms / 1000)
+        connected = any(conn.connected for conn in list(manager._conns.values()))
+        joined = (
+            consumer.group_metadata().state == MemberState.STABLE
+            and coordinator.coordinator_id is not None
+        )
+        assigned = len(consumer.assignment())
+    except Exception:  # a client without this bookkeeping: nothing known, nothing claimed
+        log.debug("Kafka client status unavailable", exc_info=True)
+        assigned = 0
+    return KafkaStatus(now, max(answered) if answered else None, connected, joined, assigned)
+
+
 class Record(NamedTuple):
     """The parts of a Kafka record the worker reads, as ``ProcessConsumer`` hands them over."""
 
@@ -77,13 +144,17 @@ _ToWorker: TypeAlias = (
     | tuple[Literal["records"], list[_Batch]]
     | tuple[Literal["revoke", "assign"], _Pairs]
     | tuple[Literal["error"], str]
+    | tuple[Literal["sought"], str, int]  # the seek of that partition is made
+    # connected, seconds since Kafka answered (None: never), joined, partitions assigned,
+    # and the high watermark of each assigned partition
+    | tuple[Literal["status"], bool, float | None, bool, int, list[tuple[str, int, int]]]
     | tuple[Literal["closed"]]
 )
 _ToChild: TypeAlias = (
     tuple[Literal["config"], dict[str, Any], int]
     | tuple[Literal["subscribe"], list[str]]
     | tuple[Literal["seek"], str, int, int]
-    | tuple[Literal["seek_to_beginning", "seek_to_end", "pause"], _Pairs]
+    | tuple[Literal["seek_to_beginning", "seek_to_end", "pause", "resume"], _Pairs]
     | tuple[Literal["commit"], list[tuple[str, int, int]]]
     | tuple[Literal["done"]]
     | tuple[Literal["close"]]
@@ -108,6 +179,12 @@ class ProcessConsumer:
         self._listener: Any = None
         self._highwater: dict[TopicPartition, int | None] = {}
         self._closed = False
+        # Partitions sought and not yet confirmed: their records are from before the seek.
+        self._unsought: dict[TopicPartition, int] = {}
+        self._config = config
+        self._lookup: KafkaConsumer | None = None  # offset lookups, in this process
+        self._status: KafkaStatus | None = None  # none reported yet
+        self._in_callback = False  # a rebalance callback the child waits on
         answer = self._recv(start_timeout)
         if answer is None:  # no answer at all: the child hangs or died without a word
             self._proc.kill()
@@ -139,25 +216,83 @@ class ProcessConsumer:
                 return self._batches(message[1])
             if message[0] in ("revoke", "assign"):
                 tps = [TopicPartition(t, p) for t, p in message[1]]
-                if message[0] == "revoke":
-                    self._listener.on_partitions_revoked(tps)
-                else:
-                    self._listener.on_partitions_assigned(tps)
-                self._send(("done",))
+                self._in_callback = True
+                try:
+                    if message[0] == "revoke":
+                        self._listener.on_partitions_revoked(tps)
+                    else:
+                        self._listener.on_partitions_assigned(tps)
+                finally:
+                    # Whatever the listener did, the child waits for this answer: without
+                    # it the child's consumer stays blocked in the rebalance.
+                    self._in_callback = False
+                    self._send(("done",))
+            elif message[0] == "status":
+                _, connected, answered_age, joined, assigned, ends = message
+                now = time.monotonic()
+                answered_at = None if answered_age is None else now - answered_age
+                self._status = KafkaStatus(now, answered_at, connected, joined, assigned)
+                for topic, partition, end in ends:  # fetched even when no record came
+                    self._highwater[TopicPartition(topic, partition)] = end
+            elif message[0] == "sought":
+                tp = TopicPartition(message[1], message[2])
+                left = self._unsought.pop(tp, 1) - 1
+                if left > 0:
+                    self._unsought[tp] = left
             elif message[0] == "error":
                 raise ServiceUnavailable(f"the Kafka fetch process failed: {message[1]}")
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._sought(partition)
         self._send(("seek", partition.topic, partition.partition, offset))
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self._sought(*partitions)
         self._send(("seek_to_beginning", [(tp.topic, tp.partition) for tp in partitions]))
 
     def seek_to_end(self, *partitions: TopicPartition) -> None:
+        self._sought(*partitions)
         self._send(("seek_to_end", [(tp.topic, tp.partition) for tp in partitions]))
+
+    def _sought(self, *partitions: TopicPartition) -> None:
+        for tp in partitions:
+            self._unsought[tp] = self._unsought.get(tp, 0) + 1
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._send(("pause", [(tp.topic, tp.partition) for tp in partitions]))
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._send(("resume", [(tp.topic, tp.partition) for tp in partitions]))
+
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        result: dict[TopicPartition, int] = self._offsets().beginning_offsets(list(partitions))
+        return result
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        result: dict[TopicPartition, int] = self._offsets().end_offsets(list(partitions))
+        return result
+
+    def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        result: dict[TopicPartition, OffsetAndTimestamp | None] = self._offsets().offsets_for_times(
+            timestamps
+        )
+        return result
+
+    def _offsets(self) -> KafkaConsumer:
+        """A consumer in this process, in no group, for offset lookups (new shards' starts):
+        they need an answer, which the pipe to the child does not carry."""
+        if self._lookup is None:
+            options = {
+                k: v
+                for k, v in self._config.items()
+                if k in ("bootstrap_servers", "request_timeout_ms", "api_version")
+                or k.startswith(("security_", "sasl_", "ssl_"))
+            }
+            client_id = f"{self._config.get('client_id', 'livelearn-worker')}-offsets"
+            self._lookup = KafkaConsumer(**options, client_id=client_id, enable_auto_commit=False)
+        return self._lookup
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self._send(("commit", [(tp.topic, tp.partition, o.offset) for tp, o in offsets.items()]))
@@ -172,28 +307,41 @@ class ProcessConsumer:
     def highwater(self, partition: TopicPartition) -> int | None:
         return self._highwater.get(partition)
 
-    def close(self) -> None:
-        """Close the consumer in the child (leaving the group) and wait for it to exit."""
+    def status(self) -> KafkaStatus | None:
+        """What the child last reported of Kafka (its ``at`` is when); None before that."""
+        return self._status
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the consumer in the child, leaving the group if Kafka answers in time, and
+        wait for the child to exit; past ``timeout`` seconds in all it is killed."""
         if self._closed:
             return
         self._closed = True
+        now = time.monotonic()
+        if self._status is not None and now - self._status.at > _SILENT_S:
+            timeout = min(timeout, 2.0)  # the child stopped reporting: it will not answer
+        deadline = now + timeout
         try:
+            if self._in_callback:  # the listener raised: let the child's rebalance finish
+                self._send(("done",))
             self._send(("close",))
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                message = self._recv(0.5)
+            while (left := deadline - time.monotonic() - 1.0) > 0:
+                message = self._recv(min(left, 0.5))
                 if message is not None and message[0] in ("revoke", "assign"):
                     self._send(("done",))  # the worker has checkpointed and let go already
-                elif message is not None and message[0] == "closed":
+                elif message is not None and message[0] in ("closed", "error"):
                     break
         except ServiceUnavailable:
             pass
         try:
-            self._proc.wait(10)
+            self._proc.wait(max(0.1, deadline - time.monotonic() - 0.5))
         except subprocess.TimeoutExpired:
+            log.warning("the Kafka fetch process did not close within %.0f s: killed", timeout)
             self._proc.kill()
             self._proc.wait(5)
         self._conn.close()
+        if self._lookup is not None:
+            self._lookup.close(timeout_ms=1_000)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -203,6 +351,8 @@ class ProcessConsumer:
         for topic, partition, rows, highwater in payload:
             tp = TopicPartition(topic, partition)
             self._highwater[tp] = highwater
+            if tp in self._unsought:
+                continue  # fetched before the child made the worker's seek
             out[tp] = [make((topic, partition, *row)) for row in rows]
         return out
 
@@ -221,6 +371,41 @@ class ProcessConsumer:
         except (EOFError, OSError):
             code = self._proc.poll()
             raise ServiceUnavailable(f"the Kafka fetch process has exited (code {code})") from None
+
+
+class LocalConsumer(KafkaConsumer):  # type: ignore[misc]
+    """kafka-python's ``KafkaConsumer`` in the worker's own process (``kafka.fetch_in_child:
+    false``), with its `KafkaStatus` and a bounded commit and close, as `ProcessConsumer`."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._records_at: float | None = None
+
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+    ) -> dict[TopicPartition, list[Any]]:
+        records: dict[TopicPartition, list[Any]] = super().poll(
+            timeout_ms, max_records, update_offsets
+        )
+        if records:
+            self._records_at = time.monotonic()
+        return records
+
+    def status(self) -> KafkaStatus:
+        """The consumer's `KafkaStatus`, now."""
+        return read_status(self, self._records_at)
+
+    def commit(
+        self,
+        offsets: dict[TopicPartition, OffsetAndMetadata] | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """A synchronous commit, given up after a few seconds when Kafka does not answer."""
+        super().commit(offsets, timeout_ms=_CONSUMER_CLOSE_MS if timeout_ms is None else timeout_ms)
+
+    def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
+        """Leave the group and close, within `CLOSE_TIMEOUT_S` when Kafka does not answer."""
+        super().close(autocommit, _CONSUMER_CLOSE_MS if timeout_ms is None else timeout_ms)
 
 
 # -- the child process ------------------------------------------------------------------
@@ -254,12 +439,13 @@ def serve(fd: int) -> None:
         child.run(poll_ms)
     except _Gone:
         child.gone = True
-        consumer.close()
-    except Exception as exc:  # report and stop; the worker raises and exits non-zero
+        consumer.close(timeout_ms=_CONSUMER_CLOSE_MS)
+    except Exception as exc:  # report and stop; the worker rides it out as an outage
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
         finally:
-            consumer.close()
+            child.gone = True  # nobody answers a rebalance callback any more
+            consumer.close(timeout_ms=_CONSUMER_CLOSE_MS)
 
 
 class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -271,6 +457,8 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         self.subscribed = False
         self.closing = False
         self.gone = False
+        self.records_at: float | None = None
+        self.next_status = 0.0
 
     def run(self, poll_ms: int) -> None:
         while not self.closing:
@@ -278,12 +466,24 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.handle(self.recv())
             if self.closing:
                 break
+            if time.monotonic() >= self.next_status:
+                self.report()
             if not self.subscribed:
                 if self.conn.poll(0.1):
                     self.handle(self.recv())
                 continue
-            batches = self.consumer.poll(timeout_ms=poll_ms)
+            try:
+                batches = self.consumer.poll(timeout_ms=poll_ms)
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                # Kafka is restarting or unreachable: the client reconnects by itself, and
+                # the status tells the worker, which bounds the outage.
+                log.debug("poll failed, retrying: %s", exc)
+                time.sleep(poll_ms / 1000)
+                continue
             if batches:
+                self.records_at = time.monotonic()
                 self.conn.send(
                     (
                         "records",
@@ -301,8 +501,20 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                         ],
                     )
                 )
-        self.consumer.close()
+        self.consumer.close(timeout_ms=_CONSUMER_CLOSE_MS)
         self.conn.send(("closed",))
+
+    def report(self) -> None:
+        """Send the worker this consumer's `KafkaStatus`, with ages instead of times."""
+        status = read_status(self.consumer, self.records_at)
+        age = None if status.answered_at is None else status.at - status.answered_at
+        ends = []
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                ends.append((tp.topic, tp.partition, end))
+        self.conn.send(("status", status.connected, age, status.joined, status.assigned, ends))
+        self.next_status = status.at + _STATUS_EVERY_S
 
     def recv(self) -> _ToChild:
         try:
@@ -315,17 +527,22 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         c = self.consumer
         if message[0] == "subscribe":
             for topic in message[1]:  # metadata first: a just-created topic gets assigned
-                c.partitions_for_topic(topic)
+                try:
+                    c.partitions_for_topic(topic)
+                except KafkaError as exc:  # Kafka restarting: the subscription fetches it
+                    log.debug("metadata of %s not loaded: %s", topic, exc)
             c.subscribe(message[1], listener=self)
             self.subscribed = True
         elif message[0] == "seek":
-            c.seek(TopicPartition(message[1], message[2]), message[3])
+            self._apply(c.seek, [(message[1], message[2])], message[3])
         elif message[0] == "seek_to_beginning":
-            c.seek_to_beginning(*(TopicPartition(t, p) for t, p in message[1]))
+            self._apply(c.seek_to_beginning, message[1])
         elif message[0] == "seek_to_end":
-            c.seek_to_end(*(TopicPartition(t, p) for t, p in message[1]))
+            self._apply(c.seek_to_end, message[1])
         elif message[0] == "pause":
-            c.pause(*(TopicPartition(t, p) for t, p in message[1]))
+            self._apply(c.pause, message[1])
+        elif message[0] == "resume":
+            self._apply(c.resume, message[1])
         elif message[0] == "commit":
             offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for t, p, o in message[1]}
             try:
@@ -336,6 +553,20 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("offset commit failed: %s", exc)
         elif message[0] == "close":
             self.closing = True
+
+    def _apply(self, method: Callable[..., Any], pairs: _Pairs, *args: Any) -> None:
+        """Call a seek, pause or resume; a seek is confirmed to the worker, made or not."""
+        tps = [TopicPartition(t, p) for t, p in pairs]
+        try:
+            if args:  # seek(tp, offset): one partition
+                method(tps[0], *args)
+            else:
+                method(*tps)
+        except Exception as exc:  # not assigned any more: its revocation is on its way
+            log.warning("%s%s not applied: %s", method.__name__, pairs, exc)
+        if method.__name__.startswith("seek"):
+            for tp in tps:
+                self.conn.send(("sought", tp.topic, tp.partition))
 
     def _callback(self, kind: Literal["revoke", "assign"], tps: Iterable[TopicPartition]) -> None:
         if self.gone or (self.closing and kind == "assign"):

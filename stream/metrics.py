@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1)
 _CHECKPOINT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_CALLBACK_BUCKETS = (1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)
 
 
 class WorkerMetrics:
@@ -98,7 +99,9 @@ class WorkerMetrics:
         )
         self.stale_epochs = Counter(
             "livelearn_stale_epoch_total",
-            "Checkpoint writes refused because another worker owns the shard.",
+            "Shards whose fencing epoch is no longer theirs (a checkpoint write refused, or "
+            "seen by the periodic check): claimed by another worker, bumped by a model "
+            "reset, or lost by Redis. The shard is re-claimed or goes back to the group.",
             ["model"],
             registry=r,
         )
@@ -114,11 +117,61 @@ class WorkerMetrics:
             "Partitions assigned to this worker.",
             registry=r,
         )
+        self.rebalance_callback_seconds = Histogram(
+            "livelearn_rebalance_callback_seconds",
+            "Time spent in a rebalance callback (assigned, revoked): it only records the "
+            "partitions; claims, restores and saves run in the worker loop afterwards.",
+            ["callback"],
+            buckets=_CALLBACK_BUCKETS,
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "livelearn_dependency_up",
             "1 while the dependency (kafka, redis) answers, 0 while the worker rides out its "
             "outage; past outage.timeout_s the worker exits 69 for its supervisor to restart.",
             ["dependency"],
+            registry=r,
+        )
+        self.holdout_gap = Gauge(
+            "livelearn_holdout_gap_metric",
+            "Progressive minus holdout value of each metric (spec holdout), signed so that "
+            "a positive gap means the progressive figure looks better than the holdout's.",
+            ["model", "topic", "partition", "metric"],
+            registry=r,
+        )
+        self.signal = Gauge(
+            "livelearn_label_free_signal_metric",
+            "Label-free signals of the last finished monitor window, per shard: "
+            "prediction_shift, null_predictions, feature_shift, unseen_categories, "
+            "cardinality, feature_set (see the spec's monitor).",
+            ["model", "topic", "partition", "signal"],
+            registry=r,
+        )
+        self.alarms = Counter(
+            "livelearn_label_free_alarms",
+            "Monitor windows whose label-free signal passed its threshold.",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.labels = Counter(
+            "livelearn_labels",
+            "Predictions awaiting a delayed label that were joined to it, or expired without "
+            "it (delayed_labels.max_pending, max_age_s); labels that join nothing are dead "
+            "letters (label_unmatched, label_duplicate, label_late).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.label_delay = Histogram(
+            "livelearn_label_delay_seconds",
+            "Event time from a prediction to its delayed label.",
+            ["model"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400),
+            registry=r,
+        )
+        self.pending_labels = Gauge(
+            "livelearn_pending_label_events",
+            "Predictions awaiting their delayed label, per shard.",
+            ["model", "topic", "partition"],
             registry=r,
         )
         self.last_poll = Gauge(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp
 
 from livelearn.errors import StaleEpochError
 from store.checkpoints import Checkpoint, ShardId
@@ -95,6 +95,28 @@ class ReplaySource:
     def pause(self, *partitions: TopicPartition) -> None:
         self._consumer.pause(*partitions)
 
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Resume what the worker paused, except the partitions whose range is done."""
+        undone = [tp for tp in partitions if tp not in self._done]
+        if undone:
+            self._consumer.resume(*undone)
+
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The range's starts: a replay begins there."""
+        return {tp: self._span.offsets[tp][0] for tp in partitions}
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The range's ends."""
+        return {tp: self._span.offsets[tp][1] for tp in partitions}
+
+    def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        found: dict[TopicPartition, OffsetAndTimestamp | None] = self._consumer.offsets_for_times(
+            timestamps
+        )
+        return found
+
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Nothing: a replay commits no offsets."""
 
@@ -139,6 +161,14 @@ class MemoryStore:
     def load(self, shard: ShardId) -> Checkpoint | None:
         return self.rows.get(shard)
 
+    def reclaim(self, shard: ShardId, seen: int | None) -> int | None:
+        if self._epochs.get(shard) != seen:
+            return None
+        return self.claim(shard)[0]
+
+    def epochs(self, shards: Sequence[ShardId]) -> list[int | None]:
+        return [self._epochs.get(shard) for shard in shards]
+
 
 @dataclass
 class InvalidEvents:
@@ -156,6 +186,7 @@ class InvalidEvents:
         reason: str,
         detail: str,
         source: tuple[str, int, int],
+        model: str | None = None,
     ) -> None:
         self.seen.append(
             {
@@ -167,7 +198,9 @@ class InvalidEvents:
             }
         )
         if self.forward is not None:
-            self.forward.send(topic, value, key, reason=reason, detail=detail, source=source)
+            self.forward.send(
+                topic, value, key, reason=reason, detail=detail, source=source, model=model
+            )
 
     def flush(self) -> None:
         if self.forward is not None:

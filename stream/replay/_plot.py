@@ -16,7 +16,9 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     primary = report["primary_metric"]
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    fig, (ax, signals_ax) = plt.subplots(
+        2, 1, figsize=(10, 7), dpi=100, sharex=True, height_ratios=(3, 2)
+    )
     runs = [("replayed", report["replayed"], "-")]
     if "compare" in report:
         runs.append(("live", report["compare"]["live"], "--"))
@@ -36,8 +38,14 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
                 ax.axvline(when, color=line.get_color(), alpha=0.35, linestyle=":")
             if drift:
                 ax.plot([], [], ":", color=line.get_color(), label=f"drift {label} {shard}")
+            if label == "replayed":
+                _plot_signals(signals_ax, xs, points, shard)
     ax.set_title(f"{report['model']}: rolling {primary} over event time (replay)")
-    ax.set_xlabel("event time (UTC)")
+    signals_ax.set_xlabel("event time (UTC)")
+    signals_ax.set_ylabel("label-free signal")
+    signals_ax.grid(alpha=0.3)
+    if signals_ax.lines:
+        signals_ax.legend(fontsize="small", loc="best")
     ax.set_ylabel(f"rolling {primary}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
@@ -45,3 +53,11 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_signals(ax: Any, xs: list[Any], points: list[dict[str, Any]], shard: str) -> None:
+    """The prediction and feature shift of each monitor window, over event time."""
+    for signal, style in (("prediction_shift", "-"), ("feature_shift", "--")):
+        ys = [p.get("signals", {}).get(signal) for p in points]
+        if any(y is not None for y in ys):
+            ax.plot(xs, ys, style, label=f"{signal} {shard}")

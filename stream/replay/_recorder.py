@@ -50,6 +50,8 @@ class Recorder:
                     "events_learned": stats["events_learned"],
                     "metrics": stats["metrics"],
                     "rolling_metrics": stats["rolling_metrics"],
+                    # Label-free signals of the last finished monitor window, if any.
+                    "signals": stats.get("monitor", {}).get("signals", {}),
                 }
             )
             new = learner.drift_detections - self._drift_seen.get(shard.id, 0)
@@ -105,7 +107,7 @@ class Recorder:
 def _event_time(part: Partition, record: KafkaRecord) -> int:
     """The event's own ``ts`` when it has a valid one, else the Kafka record's timestamp."""
     try:
-        ts = part.decoder.decode(record.value).ts_ms
+        ts = part.decoder.decode(record.value, record.timestamp).ts_ms
     except InvalidEvent:
         ts = None
     return int(ts if ts is not None else record.timestamp)

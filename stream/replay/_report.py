@@ -59,6 +59,7 @@ def build_report(
                     "metrics": c.stats.get("metrics", {}),
                     "rolling_metrics": c.stats.get("rolling_metrics", {}),
                     "drift_detections": c.stats.get("drift_detections", 0),
+                    "label_free_alarms": c.stats.get("monitor", {}).get("alarm_offsets", []),
                 }
                 for s, c in sorted(shards.items())
             },

@@ -190,8 +190,10 @@ def _signal(signum: int, handler: Callable[[int, FrameType | None], None]) -> It
 
 
 def _never_checkpointed(spec: ModelSpec) -> ModelSpec:
-    """``spec`` with a cadence that never fires: a replay keeps its state in memory."""
-    return spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update=_NEVER)})
+    """``spec`` with a cadence that never fires: a replay keeps its state in memory; and a
+    new shard starts at the range's start (`ReplaySource`), whatever the spec's ``start``."""
+    checkpoint = spec.checkpoint.model_copy(update=_NEVER)
+    return spec.model_copy(update={"checkpoint": checkpoint, "start": "earliest"})
 
 
 def _check_learned_with(

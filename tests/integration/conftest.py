@@ -228,6 +228,10 @@ def deploy(
             },
             "redis": {"key_prefix": f"ll-{name}"},
             "log": {"format": "json", "level": "INFO", "progress_seconds": 2},
+            # kafka-python can leave a consumer out of its group after a join that went
+            # wrong (more often on a loaded machine): a new consumer sooner than the
+            # production default keeps the tests' waits short.
+            "outage": {"stall_timeout_s": 10},
             "models": [spec],
         }
         for section, values in (settings or {}).items():  # merged into the defaults above

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import redis
 
-from livelearn import StaleEpochError
+from livelearn import ServiceUnavailable, StaleEpochError
 from store.checkpoints import RedisCheckpointStore, ShardId
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ def test_a_stale_epoch_cannot_overwrite_the_new_owners_checkpoint(store) -> None
     old_epoch, _ = store.claim(shard)
     store.save(shard, old_epoch, b"zombie-1", 10, {"events_learned": 10})
     new_epoch, checkpoint = store.claim(shard)  # a rebalance gives the shard to a new owner
-    assert new_epoch == old_epoch + 1
+    assert new_epoch > old_epoch
     assert checkpoint is not None and checkpoint.blob == b"zombie-1"
     store.save(shard, new_epoch, b"owner-1", 20, {"events_learned": 20})
 
@@ -35,6 +36,51 @@ def test_a_stale_epoch_cannot_overwrite_the_new_owners_checkpoint(store) -> None
     assert after is not None
     assert (after.blob, after.next_offset, after.epoch) == (b"owner-1", 20, new_epoch)
     assert after.stats == {"events_learned": 20}
+
+
+def test_an_epoch_is_never_handed_out_twice_even_after_redis_lost_it(
+    store, redis_client, unique_name
+) -> None:
+    shard = ShardId("m", "t", 0)
+    epochs = [store.claim(shard)[0] for _ in range(3)]
+    assert epochs == sorted(set(epochs))
+    redis_client.delete(f"{unique_name}:epoch:m:t:0")  # a restart without its data
+    with pytest.raises(StaleEpochError) as info:
+        store.save(shard, epochs[-1], b"x", 1, {})
+    assert info.value.current is None  # lost: not taken by someone else
+    assert store.claim(shard)[0] > epochs[-1]
+
+
+def test_reclaim_takes_a_lost_claim_back_only_if_nobody_claimed_since(store) -> None:
+    shard = ShardId("m", "t", 0)
+    assert store.epochs([shard]) == [None]
+    mine = store.reclaim(shard, None)  # no epoch at all: taken
+    assert mine is not None and store.epochs([shard]) == [mine]
+    theirs, _ = store.claim(shard)
+    assert store.reclaim(shard, None) is None  # someone claimed it meanwhile
+    assert store.reclaim(shard, mine) is None
+    assert store.epochs([shard, ShardId("m", "t", 1)]) == [theirs, None]
+    assert store.epochs([]) == []
+
+
+def test_a_redis_that_does_not_answer_raises_service_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = redis.Redis(port=port, retry=None, socket_connect_timeout=1)
+    store = RedisCheckpointStore(client, "x")
+    shard = ShardId("m", "t", 0)
+    calls = [
+        lambda: store.claim(shard),
+        lambda: store.save(shard, 1, b"x", 1, {}),
+        lambda: store.epochs([shard]),
+        lambda: store.epochs([]),
+        lambda: store.reclaim(shard, None),
+    ]
+    for call in calls:
+        with pytest.raises(ServiceUnavailable, match=f"Redis at localhost:{port}/0 does not"):
+            call()
+    client.close()
 
 
 def test_an_unclaimed_shard_refuses_writes(store) -> None:

@@ -527,8 +527,13 @@ def test_release_promote_rollback_follow_change_what_is_served(bench: Callable[.
     wait_for(lambda: serving(first, one), 2, "promote to release 1")
     assert lookup.describe(b.model)["release"] == one
     assert lookup.describe(b.model)["releases"] == [one, two]
+    # The served release is the reference of "quality below the release" alerts.
+    accuracy = first.stats()["metrics"]["Accuracy"]
+    reference = {"release": str(one), "metric": "Accuracy"}
+    assert b.metric("livelearn_release_reference_metric", **reference) == accuracy
     releases.follow(b.model)
     wait_for(lambda: serving(third, None), 2, "follow")
+    assert b.metric("livelearn_release_reference_metric", **reference) == 0.0  # removed
     assert releases.rollback(b.model) == two  # from following: the newest release
     wait_for(lambda: serving(second, two), 2, "rollback to release 2")
     b.save(train(b.spec, 0, 400))  # a pinned model ignores new checkpoints

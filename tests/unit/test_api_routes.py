@@ -1,9 +1,12 @@
-"""The prediction API over a fake lookup: auth, validation, errors, metrics."""
+"""The prediction API over a fake lookup: auth, validation, errors, limits, metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from livelearn.errors import InvalidFeatures, ModelNotLoaded, UnknownModel
-from serving.api import create_app
+from serving.api import _JSONResponse, create_app
 from serving.lookup import Prediction
 from serving.metrics import ServingMetrics
 from settings import Settings
@@ -26,6 +29,7 @@ class FakeLookup:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.threads: list[str] = []  # the thread of each call
         self.ready_ok = True
 
     def _check(self, model: str) -> None:
@@ -57,6 +61,7 @@ class FakeLookup:
         self, model: str, features: Mapping[str, Any], key: str | None = None
     ) -> Prediction:
         self.calls.append(("one", (model, dict(features), key)))
+        self.threads.append(threading.current_thread().name)
         return self._predict(model, features)
 
     def predict_many(
@@ -66,6 +71,7 @@ class FakeLookup:
         keys: Sequence[str | None] | None = None,
     ) -> list[Prediction]:
         self.calls.append(("many", (model, len(rows), list(keys or []))))
+        self.threads.append(threading.current_thread().name)
         return [self._predict(model, r) for r in rows]
 
     def models(self) -> list[str]:
@@ -134,6 +140,7 @@ def test_one_event_is_predicted_with_its_version(client: TestClient, lookup: Fak
     assert r.json() == {
         "model": "phishing",
         "task": "binary",
+        "id": None,  # only the prediction log generates one
         "prediction": True,
         "proba": {"True": 0.75, "False": 0.25},
         "release": None,
@@ -380,6 +387,255 @@ def test_the_openapi_schema_declares_bearer_auth_and_the_batch_limit(client: Tes
     }
     predict = schema["paths"]["/v1/models/{name}/predict"]["post"]
     assert predict["security"] == [{"bearerAuth": []}]
-    assert {"401", "403", "404", "422", "503"} <= set(predict["responses"])
+    assert {"401", "403", "404", "408", "413", "422", "503"} <= set(predict["responses"])
+    for refusal in ("too_deep", "too_many_digits", "too_many_events", "too_many_features"):
+        assert refusal in predict["responses"]["422"]["description"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"] == [
+        {"$ref": "#/components/schemas/Event"},
+        {"$ref": "#/components/schemas/Batch"},
+    ]
     assert schema["components"]["schemas"]["Batch"]["properties"]["events"]["maxItems"] == 3
     assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+# -- limits: what a client cannot make the API do --------------------------------------
+
+LIMITS = {"max_batch": 3, "max_features": 4, "max_body_bytes": 8192, "body_timeout_seconds": 0.2}
+
+
+@pytest.fixture
+def limited_app(lookup: FakeLookup, metrics: ServingMetrics) -> Any:
+    settings = Settings(serving={"tokens": [TOKEN], **LIMITS})
+    return create_app(lookup, settings, metrics)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def limited(limited_app: Any) -> Iterator[TestClient]:
+    with TestClient(limited_app) as c:
+        yield c
+
+
+def _post(client: TestClient, content: bytes | str, **headers: str) -> Any:
+    return client.post(
+        PREDICT.format(name="phishing"),
+        content=content,
+        headers={**AUTH, "Content-Type": "application/json", **headers},
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "reason", "loc", "words"),
+    [
+        ('{"features": {"a": 1.0}, "\\ud800": 1}', "bad_encoding", ["body"], "surrogate"),
+        ('{"features": {"\\udc00x": 1.0}}', "bad_encoding", ["body"], "surrogate"),
+        ('{"features": {"a": 1.0}, "key": "k\\ud83d"}', "bad_encoding", ["body"], "surrogate"),
+        ("[" * 3000 + "]" * 3000, "too_deep", ["body"], "too deeply"),
+        ('{"features": {"a": ' + "9" * 5000 + "}}", "too_many_digits", ["body"], "4300"),
+        (
+            json.dumps({"features": {f"f{i}": 1 for i in range(5)}}),
+            "too_many_features",
+            ["body", "event", "features"],
+            "at most 4 features (serving.max_features), got 5",
+        ),
+        (
+            json.dumps(
+                {"events": [{"features": {}}, {"features": {f"f{i}": 1 for i in range(9)}}]}
+            ),
+            "too_many_features",
+            ["body", "batch", "events", 1, "features"],
+            "serving.max_features",
+        ),
+        # Four events that are not even events: the length is refused before any is looked at.
+        ('{"events": [1, 2, 3, 4]}', "too_many_events", ["body", "batch", "events"], "got 4"),
+        ('{"features": ', "not_json", ["body", 13], "line 1, column 14"),
+        (b'{"features": {"x": "\xff"}}', "bad_encoding", ["body"], "UTF-8"),
+        (
+            '{"features": {"x": [1]}}',
+            "invalid_body",
+            ["body", "event", "features", "x", "bool"],
+            "Input should be a valid boolean",
+        ),
+    ],
+    ids=[
+        "surrogate-extra-key",
+        "surrogate-feature-name",
+        "surrogate-key",
+        "deep-nesting",
+        "huge-int",
+        "too-many-features",
+        "too-many-features-in-batch",
+        "batch-too-long",
+        "truncated",
+        "not-utf8",
+        "schema",
+    ],
+)
+def test_unusable_bodies_are_422_with_a_reason_and_counted(
+    limited: TestClient,
+    lookup: FakeLookup,
+    metrics: ServingMetrics,
+    content: str | bytes,
+    reason: str,
+    loc: list[Any],
+    words: str,
+) -> None:
+    r = _post(limited, content)
+    assert r.status_code == 422, r.text
+    r.content.decode("utf-8")  # every answer is UTF-8, whatever the body held
+    [item] = [i for i in r.json()["detail"] if i["loc"] == loc][:1]
+    # A schema error keeps pydantic's own type (bool_type, missing, ...).
+    assert item["type"] == reason or reason == "invalid_body"
+    assert words in item["msg"]
+    assert set(item) == {"loc", "msg", "type"}  # the input is never echoed
+    assert _sample(metrics, "livelearn_api_rejected_total", reason=reason) == 1
+    assert lookup.calls == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"features": {"\\ud83d\\ude00": 1.0}}', '{"features": {"\\\\ud800": 1.0}}'],
+    ids=["escaped-pair", "escaped-backslash"],
+)
+def test_escapes_that_are_characters_are_accepted(
+    limited: TestClient, lookup: FakeLookup, content: str
+) -> None:
+    r = _post(limited, content)
+    assert r.status_code == 200, r.text
+    assert lookup.calls[0][1][1] == json.loads(content)["features"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "shown"),
+    [("text/plain", "'text/plain'"), ("", "none")],
+    ids=["text", "none"],
+)
+def test_a_body_not_sent_as_json_is_422(limited: TestClient, content_type: str, shown: str) -> None:
+    r = _post(limited, '{"features": {}}', **{"Content-Type": content_type})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "not_json"
+    assert f"(got {shown})" in r.json()["detail"][0]["msg"]
+
+
+def test_an_oversized_body_is_413_before_it_is_parsed(
+    limited: TestClient, lookup: FakeLookup, metrics: ServingMetrics
+) -> None:
+    r = _post(limited, "not JSON at all " * 600)  # 9600 bytes: a 422 had it been parsed
+    assert r.status_code == 413
+    assert r.json() == {
+        "detail": "the body is larger than 8192 bytes (serving.max_body_bytes): "
+        "send smaller batches"
+    }
+    assert _sample(metrics, "livelearn_api_rejected_total", reason="body_too_large") == 1
+    assert lookup.calls == []
+
+
+Message = dict[str, Any]
+
+
+def _call(app: Any, receive: Callable[[], Any], headers: dict[str, str]) -> list[Message]:
+    """Run one POST to the predict route through the ASGI app; the messages it sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PREDICT.format(name="phishing"),
+        "raw_path": PREDICT.format(name="phishing").encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("testclient", 1),
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in {**AUTH, "Content-Type": "application/json", **headers}.items()
+        ],
+        "state": {},
+    }
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def _answer(sent: list[Message]) -> tuple[int, dict[bytes, bytes], Any]:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body)
+
+
+def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_limit(
+    limited_app: Any, lookup: FakeLookup
+) -> None:
+    pulled = 0
+
+    async def receive() -> Message:  # 1 KiB chunks, without end, and no Content-Length
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b" " * 1024, "more_body": True}
+
+    status, _, body = _answer(_call(limited_app, receive, {}))
+    assert status == 413, body
+    assert pulled == 9  # 9 KiB is past the 8 KiB limit: nothing more was read
+    assert lookup.calls == []
+
+
+def test_a_slow_body_is_408_and_the_connection_closed(
+    limited_app: Any, metrics: ServingMetrics
+) -> None:
+    chunks = [{"type": "http.request", "body": b'{"features": ', "more_body": True}]
+
+    async def receive() -> Message:
+        if chunks:
+            return chunks.pop()
+        await asyncio.Event().wait()  # the rest never comes
+        raise AssertionError("unreachable")
+
+    status, headers, body = _answer(_call(limited_app, receive, {}))
+    assert status == 408
+    assert headers[b"connection"] == b"close"
+    assert body == {"detail": "the body did not arrive within 0.2 s (serving.body_timeout_seconds)"}
+    assert _sample(metrics, "livelearn_api_rejected_total", reason="body_timeout") == 1
+
+
+def test_a_client_that_leaves_mid_body_is_counted_not_an_error(
+    limited_app: Any, metrics: ServingMetrics
+) -> None:
+    messages = [
+        {"type": "http.disconnect"},
+        {"type": "http.request", "body": b'{"features": ', "more_body": True},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop()
+
+    status, _, _ = _answer(_call(limited_app, receive, {}))
+    assert status == 499
+    assert _sample(metrics, "livelearn_api_rejected_total", reason="client_disconnected") == 1
+    route = "/v1/models/{name}/predict"
+    assert _sample(
+        metrics, "livelearn_api_requests_total", route=route, method="POST", status="499"
+    )
+
+
+def test_large_bodies_are_worked_on_off_the_event_loop(
+    client: TestClient, lookup: FakeLookup
+) -> None:
+    small = {"events": [{"features": {"x": 1}}] * 3}
+    large = {"features": {f"feature_{i:05}": 0.5 for i in range(1000)}}  # over 16 KiB
+    for body in (small, large):
+        r = client.post(PREDICT.format(name="phishing"), json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+    loop, worker = lookup.threads
+    assert worker != loop and worker.startswith("AnyIO worker"), lookup.threads
+
+
+def test_an_answer_never_fails_on_a_string_utf8_cannot_encode() -> None:
+    rendered = _JSONResponse({"detail": [{"loc": ["body", "a\ud800"], "msg": "x"}]}).body
+    assert json.loads(rendered.decode("utf-8")) == {
+        "detail": [{"loc": ["body", "a\ud800"], "msg": "x"}]
+    }

@@ -267,6 +267,7 @@ def test_stats_are_json_serialisable(
         "drift_detections",
         "drift_offsets",
         "task",
+        "monitor",
     }
     for value in (*stats["metrics"].values(), *stats["rolling_metrics"].values()):
         assert type(value) is float

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from serving.metrics import ServingMetrics
 from stream.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +36,12 @@ def _load_yaml(path: Path) -> Any:
 
 
 def _exported_names() -> set[str]:
-    """Every series name the worker's registry can expose, histogram series included."""
+    """Every series name the worker's and the API's registries can expose, histogram series
+    included."""
     names: set[str] = set()
-    for family in WorkerMetrics(CollectorRegistry()).registry.collect():
+    registries = (WorkerMetrics(CollectorRegistry()).registry, ServingMetrics().registry)
+    families = [family for registry in registries for family in registry.collect()]
+    for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

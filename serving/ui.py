@@ -1,0 +1,330 @@
+"""The read-only status page, ``/ui``: every model, its freshness, quality over time with
+drift points, its label-free signals, label delay and firing alerts.
+
+The page is plain HTML and JavaScript served by the API (nothing from outside: no CDN).
+The HTML holds no data; the script asks for the API token once (kept in the tab's
+sessionStorage) and reads ``GET /v1/ui/status`` with it every few seconds, so the data is
+behind the same auth as every ``/v1`` route. ``StatusBoard`` builds that answer from the
+served states and keeps a short history per model: one point per new checkpoint seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
+
+# Points of history kept per model, one per checkpoint the API loads.
+_HISTORY = 720
+# How far back an alarm or a drift detection still shows as firing.
+_FIRING_S = 600.0
+# A model whose newest checkpoint is older than this is reported stale.
+_STALE_S = 300.0
+
+
+class StatusBoard:
+    """What the status page shows; ``describe`` is ``Lookup.describe``."""
+
+    def __init__(
+        self,
+        models: Callable[[], list[str]],
+        describe: Callable[[str], dict[str, Any]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._models = models
+        self._describe = describe
+        self._clock = clock
+        self._history: dict[str, collections.deque[dict[str, Any]]] = {}
+        self._last_seen: dict[str, tuple[Any, ...]] = {}
+        # When each model's alarm and drift counts last grew: (count, time) by name.
+        self._grew: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def status(self) -> dict[str, Any]:
+        """Every model's summary, history and firing alerts."""
+        now = self._clock()
+        return {"time": now, "models": [self._model(name, now) for name in self._models()]}
+
+    def _model(self, name: str, now: float) -> dict[str, Any]:
+        described = self._describe(name)
+        shards = described["shards"]
+        primary = next(iter(_first(shards, "metrics")), None)
+        rolling = _weighted(shards, "rolling_metrics", primary)
+        signals = _signals(shards)
+        counts = {
+            "drift": float(sum(s["drift_detections"] for s in shards)),
+            **{f"alarm:{k}": float(v) for k, v in _alarms(shards).items()},
+        }
+        marker = tuple((s["topic"], s["partition"], s["next_offset"]) for s in shards)
+        history = self._history.setdefault(name, collections.deque(maxlen=_HISTORY))
+        if shards and marker != self._last_seen.get(name):
+            self._last_seen[name] = marker
+            history.append(
+                {
+                    "t": max(s["updated_at"] for s in shards),
+                    "events_learned": described["events_learned"],
+                    "rolling": rolling,
+                    "drift": counts["drift"],
+                    "prediction_shift": signals.get("prediction_shift"),
+                    "feature_shift": signals.get("feature_shift"),
+                }
+            )
+        grew = self._grew.setdefault(name, {})
+        for key, count in counts.items():
+            before = grew.get(key)
+            if before is None:
+                grew[key] = (count, 0.0)  # counts from before the page started: history
+            elif count > before[0]:
+                grew[key] = (count, now)
+        firing = [
+            key.split(":", 1)[-1]
+            for key, (_, when) in grew.items()
+            if when and now - when < _FIRING_S
+        ]
+        freshness = described["freshness_seconds"]
+        if freshness is not None and freshness > _STALE_S:
+            firing.append("stale")
+        labels = _labels(shards)
+        return {
+            "model": name,
+            "task": described["task"],
+            "release": described["release"],
+            "versions": sorted({s["version"] for s in shards if s["version"] is not None}),
+            "freshness_seconds": freshness,
+            "events_learned": described["events_learned"],
+            "primary_metric": primary,
+            "metrics": _weighted_all(shards, "metrics"),
+            "rolling_metrics": _weighted_all(shards, "rolling_metrics"),
+            "signals": signals,
+            "shifted_feature": next(
+                (m["shifted_feature"] for s in shards if (m := s.get("monitor"))), None
+            ),
+            "labels": labels,
+            "firing": sorted(firing),
+            "history": list(history),
+        }
+
+
+def _first(shards: list[dict[str, Any]], key: str) -> Mapping[str, Any]:
+    return shards[0][key] if shards else {}
+
+
+def _weighted(shards: list[dict[str, Any]], key: str, name: str | None) -> float | None:
+    """A metric over shards, weighted by events learned."""
+    if name is None:
+        return None
+    parts = [(s[key].get(name), s["events_learned"]) for s in shards]
+    total = sum(w for v, w in parts if v is not None)
+    if not total:
+        return None
+    return float(sum(v * w for v, w in parts if v is not None) / total)
+
+
+def _weighted_all(shards: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    return {name: _weighted(shards, key, name) for name in _first(shards, key)}
+
+
+def _signals(shards: list[dict[str, Any]]) -> dict[str, float]:
+    """Each label-free signal's largest value over the shards."""
+    out: dict[str, float] = {}
+    for shard in shards:
+        for signal, value in (shard.get("monitor") or {}).get("signals", {}).items():
+            if value is not None:
+                out[signal] = max(value, out.get(signal, value))
+    return out
+
+
+def _alarms(shards: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = collections.Counter()
+    for shard in shards:
+        for signal, count in (shard.get("monitor") or {}).get("alarms", {}).items():
+            out[signal] += count
+    return dict(out)
+
+
+def _labels(shards: list[dict[str, Any]]) -> dict[str, int] | None:
+    rows = [s["labels"] for s in shards if s.get("labels")]
+    if not rows:
+        return None
+    return {key: sum(r.get(key, 0) for r in rows) for key in ("joined", "expired", "pending")}
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>livelearn status</title>
+<link rel="icon" href="data:,">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d2330; }
+  h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
+  #updated { color: #667; margin-bottom: 1rem; }
+  .model { border: 1px solid #d6dae3; border-radius: 8px; padding: 1rem; margin: 0 0 1rem; }
+  .model h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+  .facts { display: flex; flex-wrap: wrap; gap: 1.2rem; margin-bottom: .6rem; }
+  .facts div span { display: block; color: #667; font-size: .8rem; }
+  .alert { display: inline-block; background: #c0392b; color: #fff; border-radius: 4px;
+           padding: 0 .4rem; margin-right: .3rem; }
+  .ok { color: #1e8449; }
+  canvas { width: 100%; max-width: 900px; height: 180px; display: block; }
+  .bars div { display: flex; align-items: center; gap: .5rem; font-size: .85rem; }
+  .bars b { display: inline-block; height: .7rem; background: #2e86c1; }
+  #login { display: none; }
+</style>
+</head>
+<body>
+<h1>livelearn: models</h1>
+<div id="updated">loading…</div>
+<form id="login"><label>API token <input id="token" type="password" autocomplete="off"></label>
+<button>Show</button></form>
+<div id="models"></div>
+<script>
+"use strict";
+const REFRESH_MS = 2000;
+const tokenKey = "livelearn-token";
+
+function token() { return sessionStorage.getItem(tokenKey); }
+
+document.getElementById("login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(tokenKey, document.getElementById("token").value);
+  document.getElementById("login").style.display = "none";
+  refresh();
+});
+
+function fmt(v, digits = 4) {
+  return v === null || v === undefined ? "-" : Number(v).toFixed(digits);
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "no checkpoint yet";
+  if (seconds < 120) return seconds.toFixed(1) + " s ago";
+  return (seconds / 60).toFixed(1) + " min ago";
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  Object.entries(attrs || {}).forEach(([k, v]) => node.setAttribute(k, v));
+  children.forEach((c) => node.append(c));
+  return node;
+}
+
+function chart(canvas, points, primary) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width = canvas.clientWidth * devicePixelRatio;
+  const h = canvas.height = canvas.clientHeight * devicePixelRatio;
+  ctx.clearRect(0, 0, w, h);
+  const xs = points.map((p) => p.t), ys = points.map((p) => p.rolling);
+  const valid = ys.filter((y) => y !== null);
+  ctx.fillStyle = "#667"; ctx.font = (12 * devicePixelRatio) + "px sans-serif";
+  if (valid.length < 1) { ctx.fillText("no quality figures yet", 10, h / 2); return; }
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  let y0 = Math.min(...valid), y1 = Math.max(...valid);
+  if (y1 - y0 < 1e-6) { y0 -= 0.05; y1 += 0.05; }
+  const px = (x) => 40 * devicePixelRatio + (x - x0) / (x1 - x0) * (w - 50 * devicePixelRatio);
+  const py = (y) => h - 20 * devicePixelRatio - (y - y0) / (y1 - y0) * (h - 30 * devicePixelRatio);
+  ctx.fillText(fmt(y1, 3), 2, py(y1) + 4); ctx.fillText(fmt(y0, 3), 2, py(y0));
+  ctx.fillText("rolling " + (primary || ""), 44 * devicePixelRatio, 12 * devicePixelRatio);
+  points.forEach((p, i) => {  // drift detections between two points: a red mark
+    if (i > 0 && p.drift > points[i - 1].drift) {
+      ctx.strokeStyle = "rgba(192,57,43,.6)";
+      ctx.beginPath(); ctx.moveTo(px(p.t), 0); ctx.lineTo(px(p.t), h); ctx.stroke();
+    }
+  });
+  ctx.strokeStyle = "#2e86c1"; ctx.lineWidth = 2 * devicePixelRatio; ctx.beginPath();
+  let started = false;
+  points.forEach((p) => {
+    if (p.rolling === null) return;
+    if (started) ctx.lineTo(px(p.t), py(p.rolling)); else ctx.moveTo(px(p.t), py(p.rolling));
+    started = true;
+  });
+  ctx.stroke();
+}
+
+function render(status) {
+  const root = document.getElementById("models");
+  root.replaceChildren();
+  document.getElementById("updated").textContent =
+    "updated " + new Date(status.time * 1000).toLocaleTimeString() + " · " +
+    status.models.length + " model(s)";
+  status.models.forEach((m) => {
+    const card = el("section", {"class": "model", "data-model": m.model});
+    card.append(el("h2", {}, m.model + " (" + m.task + ")"));
+    const facts = el("div", {"class": "facts"});
+    const fact = (label, value, cls) => {
+      const node = el("div", {}, el("span", {}, label), value);
+      if (cls) node.setAttribute("class", cls);
+      facts.append(node);
+    };
+    fact("serving", m.release === null ? "latest checkpoints v" + m.versions.join(",")
+                                        : "release " + m.release);
+    fact("freshness", age(m.freshness_seconds), "freshness");
+    fact("events learned", String(m.events_learned), "learned");
+    fact(m.primary_metric || "metric", fmt(m.metrics[m.primary_metric]));
+    fact("rolling", fmt(m.rolling_metrics[m.primary_metric]));
+    if (m.labels) {
+      fact("labels joined / expired / pending",
+           m.labels.joined + " / " + m.labels.expired + " / " + m.labels.pending);
+    }
+    card.append(facts);
+    const alerts = el("div", {"class": "alerts"});
+    if (m.firing.length) m.firing.forEach((a) => alerts.append(el("span", {"class": "alert"}, a)));
+    else alerts.append(el("span", {"class": "ok"}, "no alert firing"));
+    card.append(alerts);
+    const canvas = el("canvas", {"class": "quality"});
+    card.append(canvas);
+    const bars = el("div", {"class": "bars"});
+    Object.entries(m.signals).forEach(([name, value]) => {
+      const width = Math.min(200, Math.max(1, value * 200));
+      const label = name === "feature_shift" && m.shifted_feature
+        ? name + " (" + m.shifted_feature + ")" : name;
+      bars.append(el("div", {}, el("span", {}, label), el("b", {"style": "width:" + width + "px"}),
+                     el("span", {}, fmt(value, 3))));
+    });
+    card.append(bars);
+    root.append(card);
+    chart(canvas, m.history, m.primary_metric);
+  });
+}
+
+async function refresh() {
+  if (!token()) { document.getElementById("login").style.display = "block"; return; }
+  try {
+    const resp = await fetch("/v1/ui/status", {headers: {"Authorization": "Bearer " + token()}});
+    if (resp.status === 401 || resp.status === 403) {
+      sessionStorage.removeItem(tokenKey);
+      document.getElementById("updated").textContent = "the token was refused";
+      document.getElementById("login").style.display = "block";
+      return;
+    }
+    render(await resp.json());
+  } catch (err) {
+    document.getElementById("updated").textContent = "cannot reach the API: " + err;
+  }
+}
+
+refresh();
+setInterval(() => { if (token()) refresh(); }, REFRESH_MS);
+</script>
+</body>
+</html>
+"""
+
+
+def _policy(page: str) -> str:
+    """The page's Content-Security-Policy: its own script (by hash) and the API, nothing else."""
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return (
+        f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+PAGE_POLICY = _policy(PAGE)
