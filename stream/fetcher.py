@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
@@ -459,18 +460,26 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         self.gone = False
         self.records_at: float | None = None
         self.next_status = 0.0
+        # kafka-python runs the rebalance callbacks on its IO thread, at times while this
+        # loop runs (an assignment finishing after ``poll()`` gave up waiting for it): the
+        # pipe is used by one of them at a time, and a callback holds it until the worker's
+        # "done", so that this loop never reads an answer meant for the callback.
+        self.pipe = threading.Lock()
 
     def run(self, poll_ms: int) -> None:
         while not self.closing:
-            while self.conn.poll(0):
-                self.handle(self.recv())
+            with self.pipe:
+                while self.conn.poll(0):
+                    self.handle(self.recv())
             if self.closing:
                 break
             if time.monotonic() >= self.next_status:
-                self.report()
+                with self.pipe:
+                    self.report()
             if not self.subscribed:
-                if self.conn.poll(0.1):
-                    self.handle(self.recv())
+                with self.pipe:
+                    if self.conn.poll(0.1):
+                        self.handle(self.recv())
                 continue
             try:
                 batches = self.consumer.poll(timeout_ms=poll_ms)
@@ -484,25 +493,20 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             if batches:
                 self.records_at = time.monotonic()
-                self.conn.send(
+                payload = [
                     (
-                        "records",
-                        [
-                            (
-                                tp.topic,
-                                tp.partition,
-                                [
-                                    (r.offset, r.timestamp, r.key, r.value, r.headers)
-                                    for r in records
-                                ],
-                                self.consumer.highwater(tp),
-                            )
-                            for tp, records in batches.items()
-                        ],
+                        tp.topic,
+                        tp.partition,
+                        [(r.offset, r.timestamp, r.key, r.value, r.headers) for r in records],
+                        self.consumer.highwater(tp),
                     )
-                )
+                    for tp, records in batches.items()
+                ]
+                with self.pipe:
+                    self.conn.send(("records", payload))
         self.consumer.close(timeout_ms=_CONSUMER_CLOSE_MS)
-        self.conn.send(("closed",))
+        with self.pipe:
+            self.conn.send(("closed",))
 
     def report(self) -> None:
         """Send the worker this consumer's `KafkaStatus`, with ages instead of times."""
@@ -572,12 +576,13 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.gone or (self.closing and kind == "assign"):
             return
         try:
-            self.conn.send((kind, [(tp.topic, tp.partition) for tp in tps]))
-            while True:
-                message = self.recv()
-                if message[0] == "done":
-                    return
-                self.handle(message)
+            with self.pipe:
+                self.conn.send((kind, [(tp.topic, tp.partition) for tp in tps]))
+                while True:
+                    message = self.recv()
+                    if message[0] == "done":
+                        return
+                    self.handle(message)
         except (_Gone, BrokenPipeError, OSError):
             self.gone = True
             self.closing = True

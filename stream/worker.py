@@ -247,6 +247,10 @@ class Worker:
         self._released: dict[TopicPartition, tuple[Partition, int]] = {}
         self._assignments = 0
         self._paused: set[TopicPartition] = set()
+        # kafka-python may run an assignment callback on its IO thread after ``poll()`` has
+        # returned: the bookkeeping of pending and paused partitions is shared with the loop.
+        # Never held across a call that waits for that thread (an offset lookup, a poll).
+        self._assigning = threading.RLock()
         self._redis = Outage("Redis", settings.outage, metrics.dependency_up.labels("redis"))
         self._next_probe = 0.0
         self._claim_retry_at = 0.0  # after a Kafka offset lookup failed
@@ -796,13 +800,14 @@ class Worker:
         """Rebalance callback: record the new partitions, paused until the loop claims them."""
         started = time.perf_counter()
         now = time.monotonic()
-        self._assignments += 1
-        new = [tp for tp in tps if tp not in self._partitions and tp not in self._pending]
-        for tp in new:
-            self._pending[tp] = now
-        if new:
-            self._consumer.pause(*new)
-            self._paused.update(new)
+        with self._assigning:
+            self._assignments += 1
+            new = [tp for tp in tps if tp not in self._partitions and tp not in self._pending]
+            for tp in new:
+                self._pending[tp] = now
+            if new:
+                self._consumer.pause(*new)
+                self._paused.update(new)
         self._metrics.assigned_partitions.set(len(self._partitions) + len(self._pending))
         elapsed = self._callback_done("assigned", started)
         log.info(
@@ -816,14 +821,16 @@ class Worker:
         the new owner re-learns those events from the last checkpoint, exactly once."""
         started = time.perf_counter()
         gone = []
-        for tp in tps:
-            self._pending.pop(tp, None)
-            self._paused.discard(tp)
-            part = self._partitions.pop(tp, None)
-            if part is not None:
-                self._released[tp] = (part, self._assignments)
-                self._forget_gauges(part)
-                gone.append(tp)
+        with self._assigning:
+            for tp in tps:
+                self._pending.pop(tp, None)
+                self._paused.discard(tp)
+                part = self._partitions.pop(tp, None)
+                if part is not None:
+                    self._released[tp] = (part, self._assignments)
+                    gone.append(tp)
+        for tp in gone:
+            self._forget_gauges(self._released[tp][0])
         self._metrics.assigned_partitions.set(len(self._partitions) + len(self._pending))
         elapsed = self._callback_done("revoked", started)
         log.info(
@@ -906,18 +913,19 @@ class Worker:
         """Pause exactly the partitions that must not be fetched: those being claimed,
         those with no live shard, and every one while Redis does not answer. Polling goes
         on, so the worker keeps its place in the group."""
-        want = set(self._pending)
-        for tp, part in self._partitions.items():
-            if not part.shards or self._redis.active:
-                want.add(tp)
-        self._paused &= self._pending.keys() | self._partitions.keys()
-        pause, resume = want - self._paused, self._paused - want
-        if pause:
-            self._consumer.pause(*sorted(pause))
-            self._paused |= pause
-        if resume:
-            self._consumer.resume(*sorted(resume))
-            self._paused -= resume
+        with self._assigning:
+            want = set(self._pending)
+            for tp, part in self._partitions.items():
+                if not part.shards or self._redis.active:
+                    want.add(tp)
+            self._paused &= self._pending.keys() | self._partitions.keys()
+            pause, resume = want - self._paused, self._paused - want
+            if pause:
+                self._consumer.pause(*sorted(pause))
+                self._paused |= pause
+            if resume:
+                self._consumer.resume(*sorted(resume))
+                self._paused -= resume
 
     def _flush_released(self) -> None:
         """Save the pending shards of revoked partitions; forget those partitions once an
@@ -962,9 +970,10 @@ class Worker:
             if found is None:  # Redis stopped answering while revoked shards were saved
                 break
             part, pins = found
-            del self._pending[tp]
-            self._released.pop(tp, None)
-            self._partitions[tp] = part
+            with self._assigning:
+                del self._pending[tp]
+                self._released.pop(tp, None)
+                self._partitions[tp] = part
             self._claim_backoff.reset()
             for shard in pins:
                 self._checkpoint(part, shard, "start")
@@ -1221,9 +1230,10 @@ class Worker:
                 "worker",
                 extra={"fields": {"shards": [str(s) for s in part.fenced]}},
             )
-            del self._partitions[tp]
-            self._released[tp] = (part, self._assignments)
-            self._pending[tp] = now
+            with self._assigning:
+                del self._partitions[tp]
+                self._released[tp] = (part, self._assignments)
+                self._pending[tp] = now
         self._sync_pause()
 
     def _shutdown(self) -> None:
@@ -1424,9 +1434,10 @@ _NO_CONSUMER: Consumer = _NoConsumer()
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Records revoked and assigned partitions; the worker loop does the rest.
 
-    They run inside ``poll()``: kafka-python calls them on its IO thread while the
-    worker's thread waits in ``poll()``, and ``ProcessConsumer`` on the worker's thread
-    itself, so they never run concurrently with the event loop.
+    ``ProcessConsumer`` calls them on the worker's thread, inside ``poll()``. kafka-python
+    calls them on its IO thread: a revocation while the worker's thread waits in
+    ``poll()``, but an assignment may finish after ``poll()`` gave up waiting for it, so
+    the bookkeeping they share with the loop is guarded (``Worker._assigning``).
     """
 
     def __init__(self, worker: Worker) -> None:
