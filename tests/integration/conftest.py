@@ -281,17 +281,22 @@ def phishing_events(n: int | None = None, start: int = 0) -> list[dict[str, Any]
 def produce(
     bootstrap: str,
     topic: str,
-    values: list[bytes],
+    values: list[bytes | None],
     *,
     partitions: int = 1,
     rate: float | None = None,
+    max_request_size: int = 1024 * 1024,
 ) -> None:
-    """Send raw values, value i to partition i % partitions, at most ``rate`` a second."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    """Send raw values, value i to partition i % partitions, at most ``rate`` a second; a
+    null value (a tombstone) gets a key, as Kafka refuses a record with neither."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_request_size=max_request_size
+    )
     started = time.monotonic()
     try:
         for i, value in enumerate(values):
-            producer.send(topic, value, partition=i % partitions)
+            key = b"tombstone" if value is None else None
+            producer.send(topic, value, key=key, partition=i % partitions)
             if rate:
                 ahead = (i + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:

@@ -24,7 +24,6 @@ import orjson
 import pytest
 import redis
 import yaml
-from kafka import KafkaProducer
 
 from learners import ModelSpec
 from stream.dlq import dedup_key, read_headers
@@ -33,6 +32,7 @@ from tests.integration.conftest import (
     Deployment,
     WorkerHandle,
     phishing_events,
+    produce,
     read_all,
     wait_for,
 )
@@ -77,23 +77,9 @@ def _stream(rng: random.Random) -> list[Produced]:
 
 
 def _produce(bootstrap: str, topic: str, stream: list[Produced], rate: float | None) -> None:
-    """Record i to partition i % PARTITIONS, at most ``rate`` a second; a null value gets a
-    key (Kafka refuses a record with neither)."""
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_request_size=8 * MIB
-    )
-    started = time.monotonic()
-    try:
-        for i, item in enumerate(stream):
-            key = b"tombstone" if item.value is None else None
-            producer.send(topic, item.value, key=key, partition=i % PARTITIONS)
-            if rate:
-                ahead = (i + 1) / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        producer.flush(timeout=60)
-    finally:
-        producer.close(timeout=10)
+    """Record i to partition i % PARTITIONS, at most ``rate`` a second."""
+    values = [item.value for item in stream]
+    produce(bootstrap, topic, values, partitions=PARTITIONS, rate=rate, max_request_size=8 * MIB)
 
 
 def _as_read(bootstrap: str, topic: str, stream: list[Produced]) -> list[list[Produced]]:
