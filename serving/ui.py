@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from learners import combine_metrics
+
 __all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
 
 # Points of history kept per model, one per checkpoint the API loads.
@@ -53,7 +55,8 @@ class StatusBoard:
         described = self._describe(name)
         shards = described["shards"]
         primary = next(iter(_first(shards, "metrics")), None)
-        rolling = _weighted(shards, "rolling_metrics", primary)
+        rolling_metrics = _weighted_all(shards, "rolling_metrics")
+        rolling = rolling_metrics.get(primary) if primary is not None else None
         signals = _signals(shards)
         counts = {
             "drift": float(sum(s["drift_detections"] for s in shards)),
@@ -98,7 +101,7 @@ class StatusBoard:
             "events_learned": described["events_learned"],
             "primary_metric": primary,
             "metrics": _weighted_all(shards, "metrics"),
-            "rolling_metrics": _weighted_all(shards, "rolling_metrics"),
+            "rolling_metrics": rolling_metrics,
             "signals": signals,
             "shifted_feature": next(
                 (m["shifted_feature"] for s in shards if (m := s.get("monitor"))), None
@@ -113,19 +116,9 @@ def _first(shards: list[dict[str, Any]], key: str) -> Mapping[str, Any]:
     return shards[0][key] if shards else {}
 
 
-def _weighted(shards: list[dict[str, Any]], key: str, name: str | None) -> float | None:
-    """A metric over shards, weighted by events learned."""
-    if name is None:
-        return None
-    parts = [(s[key].get(name), s["events_learned"]) for s in shards]
-    total = sum(w for v, w in parts if v is not None)
-    if not total:
-        return None
-    return float(sum(v * w for v, w in parts if v is not None) / total)
-
-
 def _weighted_all(shards: list[dict[str, Any]], key: str) -> dict[str, float | None]:
-    return {name: _weighted(shards, key, name) for name in _first(shards, key)}
+    """Each metric over the shards, weighted by events learned (as predictions combine)."""
+    return combine_metrics([(s[key], s["events_learned"]) for s in shards])
 
 
 def _signals(shards: list[dict[str, Any]]) -> dict[str, float]:
