@@ -1300,31 +1300,25 @@ class Worker:
         for signal, value in monitor["signals"].items():
             if value is not None:
                 m.signal.labels(*labels, signal).set(value)
-        for signal, count in monitor["alarms"].items():
-            before = shard.reported_alarms.get(signal, 0)
-            if count > before:
-                m.alarms.labels(shard.id.model, signal).inc(count - before)
-                log.warning(
-                    "label-free alarm: %s",
-                    signal,
-                    extra={
-                        "fields": {
-                            "shard": str(shard.id),
-                            "value": monitor["signals"].get(signal),
-                            "feature": monitor["shifted_feature"],
-                        }
-                    },
-                )
-            shard.reported_alarms[signal] = count
+        for signal, grown in _growth(shard.reported_alarms, monitor["alarms"]).items():
+            m.alarms.labels(shard.id.model, signal).inc(grown)
+            log.warning(
+                "label-free alarm: %s",
+                signal,
+                extra={
+                    "fields": {
+                        "shard": str(shard.id),
+                        "value": monitor["signals"].get(signal),
+                        "feature": monitor["shifted_feature"],
+                    }
+                },
+            )
 
     def _report_labels(self, shard: Shard) -> None:
         """Joined and expired predictions since the last report, and those pending."""
         model = shard.id.model
-        for outcome, count in shard.learner.label_counts.items():
-            before = shard.reported_labels.get(outcome, 0)
-            if count > before:  # fewer: the learner went back to a checkpoint, re-counted
-                self._metrics.labels.labels(model, outcome).inc(count - before)
-            shard.reported_labels[outcome] = count
+        for outcome, grown in _growth(shard.reported_labels, shard.learner.label_counts).items():
+            self._metrics.labels.labels(model, outcome).inc(grown)
         self._metrics.pending_labels.labels(model, shard.id.topic, str(shard.id.partition)).set(
             shard.learner.pending_labels
         )
@@ -1466,6 +1460,14 @@ def topic_specs(models: Iterable[ModelSpec]) -> dict[str, list[ModelSpec]]:
         for topic in spec.topics:
             out.setdefault(topic, []).append(spec)
     return out
+
+
+def _growth(reported: dict[str, int], counts: Mapping[str, int]) -> dict[str, int]:
+    """How much each count grew since ``reported``, which then holds ``counts``. A count
+    that fell (the learner went back to a checkpoint) is taken as the new base, unreported."""
+    grown = {k: n - reported.get(k, 0) for k, n in counts.items() if n > reported.get(k, 0)}
+    reported.update(counts)
+    return grown
 
 
 def _as_invalid(exc: Exception, reason: str) -> InvalidEvent:
