@@ -3,9 +3,10 @@
 A checkpointed learner carries the spec it was built from. The worker compares that
 spec's fingerprint with the configured one's before it resumes a shard, so a changed
 pipeline, feature list, label, metric, window, drift detector or sanitize rule is never
-silently ignored. The checkpoint cadence, the topics, ``route_by_key`` and ``start`` (where
-a shard with no checkpoint begins) do not change what a shard learns from its checkpoint,
-so they are left out: changing them resumes the shards as they are.
+silently ignored. The checkpoint cadence, the topics (``delayed_labels.topic`` included),
+``route_by_key`` and ``start`` (where a shard with no checkpoint begins) do not change what
+a shard learns from its checkpoint, so they are left out: changing them resumes the shards
+as they are.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _canonical(spec: ModelSpec) -> dict[str, Any]:
     for name, unset in (("delayed_labels", None), ("holdout", 0.0)):
         if data.get(name, unset) == unset:
             data.pop(name, None)
+    if data.get("delayed_labels") is not None:
+        data["delayed_labels"].pop("topic", None)  # where labels come from, like topics
     return data
 
 

@@ -262,10 +262,16 @@ class DelayedLabels(_Spec):
     made at prediction time with the label, and the model learns the features it predicted
     on. Pending predictions are bounded by count and by age (in event time, so a replay
     expires the same ones); an expired one is counted, its late label dead-lettered.
+
+    Label-only events come on the model's own topic, keyed like the events they label, or
+    on a separate ``topic``: the worker then forwards each one to the model's topic, keyed
+    alike, in a Kafka transaction with its consumed offset, so that it meets its
+    prediction in the same shard exactly once (stream/label_router.py).
     """
 
     max_pending: int = Field(default=100_000, gt=0)
     max_age_s: float = Field(default=7 * 86_400.0, gt=0)
+    topic: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
 
 
 # --- Metrics ----------------------------------------------------------------------------------
@@ -452,6 +458,7 @@ class ModelSpec(_Spec):
         self._check_steps()
         self._check_metrics()
         self._check_drift()
+        self._check_label_topic()
         seen: set[str] = set()
         for i, rule in enumerate(self.sanitize):
             if rule.field in seen:
@@ -459,6 +466,25 @@ class ModelSpec(_Spec):
                 raise _invalid("ModelSpec", ("sanitize", i, "field"), problem, rule.field)
             seen.add(rule.field)
         return self
+
+    def _check_label_topic(self) -> None:
+        topic = self.delayed_labels.topic if self.delayed_labels is not None else None
+        if topic is None:
+            return
+        loc = ("delayed_labels", "topic")
+        if topic in self.topics:
+            problem = (
+                f"{topic!r} is the model's own topic: label-only events there need no "
+                "forwarding; remove delayed_labels.topic"
+            )
+            raise _invalid("ModelSpec", loc, problem, topic)
+        if len(self.topics) != 1:
+            problem = (
+                "labels from a separate topic are forwarded to the model's topic, so the "
+                f"model must learn from one topic, not {len(self.topics)}: split it into one "
+                "model per topic"
+            )
+            raise _invalid("ModelSpec", loc, problem, topic)
 
     def model_post_init(self, context: Any, /) -> None:
         """Precompute the feature sets used by ``select_features``."""

@@ -27,6 +27,7 @@ from store.connection import redis_client
 from stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
 from stream.fetcher import LocalConsumer, ProcessConsumer
 from stream.health import HealthServer
+from stream.label_router import LabelRouter, label_routes
 from stream.metrics import WorkerMetrics
 from stream.outage import Backoff
 from stream.worker import Consumer, ShardProgress, Worker
@@ -36,6 +37,8 @@ log = logging.getLogger("livelearn.app")
 T = TypeVar("T")
 
 _BOOTSTRAP_TIMEOUT_MS = 5_000
+# How long a stopping worker waits for the label router to finish its batch and close.
+_ROUTER_STOP_S = 15.0
 
 
 @contextlib.contextmanager
@@ -85,6 +88,8 @@ class WorkerProcess:
     http: HealthServer | None
     dlq: KafkaDeadLetterSink
     redis: redis.Redis
+    # Forwards labels from separate label topics (None when no model has one).
+    router: LabelRouter | None = None
 
     def run(self, install_signals: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or ``worker.stop()``), then close everything."""
@@ -93,9 +98,16 @@ class WorkerProcess:
                 signal.signal(sig, self._on_signal)
         if self.http is not None:
             self.http.start()
+        forwarding = None
+        if self.router is not None:
+            forwarding = threading.Thread(target=self.router.run, name="label-router", daemon=True)
+            forwarding.start()
         try:
             self.worker.run()
         finally:
+            if self.router is not None and forwarding is not None:
+                self.router.stop()
+                forwarding.join(timeout=_ROUTER_STOP_S)
             self.dlq.close()
             if self.http is not None:
                 self.http.stop()
@@ -154,11 +166,12 @@ def build_worker(
     # the loop for seconds on every call).
     client = redis_client(settings, retry=Retry(NoBackoff(), 1))
     topics = sorted({t for spec in settings.models for t in spec.topics})
-    present = _riding_out(settings, lambda: existing_topics(bootstrap, topics))
-    for topic in topics:
+    routes = label_routes(settings.models)
+    present = _riding_out(settings, lambda: existing_topics(bootstrap, [*topics, *routes]))
+    for topic in [*topics, *routes]:
         if topic not in present:
             log.warning("topic %s does not exist yet; the worker waits for it", topic)
-    dlq_topics = {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in topics}
+    dlq_topics = {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in [*topics, *routes]}
     _riding_out(settings, lambda: ensure_topics(bootstrap, dlq_topics))
     k = settings.kafka
     config: dict[str, object] = {
@@ -174,6 +187,9 @@ def build_worker(
         "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
         "fetch_max_bytes": k.fetch_max_bytes,
         "metadata_max_age_ms": k.metadata_max_age_ms,
+        # Labels forwarded from a separate topic come in transactions (stream/label_router.py):
+        # an aborted one must never be learned.
+        "isolation_level": "read_committed",
     }
     if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:  # kafka-python >= 3.0.12
         # A new consumer gives up soon when no broker answers (30 s by default), so that
@@ -225,4 +241,8 @@ def build_worker(
             "serving /metrics /healthz /readyz",
             extra={"fields": {"url": f"http://{settings.http.host}:{http.port}/metrics"}},
         )
-    return WorkerProcess(worker, metrics, http, dlq, client)
+    router = None
+    if routes:
+        # A sink of its own: the router runs on its own thread.
+        router = LabelRouter(settings, metrics, dead_letter_sink(settings))
+    return WorkerProcess(worker, metrics, http, dlq, client, router)

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from livelearn.errors import ConfigError, DeadLetterError
+from livelearn.errors import ConfigError, DeadLetterError, InvalidEvent
 from settings import Settings
+from stream.fetcher import KafkaRecord
 
 log = logging.getLogger("livelearn.dlq")
 
@@ -114,6 +115,43 @@ def dedup_key(source: tuple[str, int, int], reason: str, model: str | None = Non
     topic, partition, offset = source
     key = f"{topic}/{partition}/{offset}/{reason}"
     return key if model is None else f"{key}/{model}"
+
+
+def as_invalid(exc: Exception, reason: str) -> InvalidEvent:
+    """``exc`` as the dead letter's reason and detail: its own for an `InvalidEvent`, else
+    ``reason`` with the exception's type and message."""
+    if isinstance(exc, InvalidEvent):
+        return exc
+    return InvalidEvent(reason, f"{type(exc).__name__}: {exc}")
+
+
+def dead_letter_record(
+    sink: DeadLetterSink, rec: KafkaRecord, exc: InvalidEvent, model: str | None = None
+) -> None:
+    """Queue the consumed ``rec`` as a dead letter with ``exc``'s reason, and log it (its
+    coordinates and reason, never its value); ``model`` is the model that refused it."""
+    sink.send(
+        rec.topic,
+        rec.value,
+        rec.key,
+        reason=exc.reason,
+        detail=exc.detail,
+        source=(rec.topic, rec.partition, rec.offset),
+        model=model,
+    )
+    log.warning(
+        "event sent to the dead-letter topic",
+        extra={
+            "fields": {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                **({"model": model} if model is not None else {}),
+            }
+        },
+    )
 
 
 @dataclass(frozen=True)

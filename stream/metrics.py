@@ -174,6 +174,18 @@ class WorkerMetrics:
             ["model", "topic", "partition"],
             registry=r,
         )
+        self.labels_forwarded = Counter(
+            "livelearn_labels_forwarded_total",
+            "Records of a separate label topic (delayed_labels.topic), by what the label "
+            "router did: forwarded to the model's topic, or dead_lettered.",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.label_router_errors = Counter(
+            "livelearn_label_router_errors_total",
+            "Failures of the label router; the batch was aborted and is forwarded again.",
+            registry=r,
+        )
         self.last_poll = Gauge(
             "livelearn_last_poll_timestamp_seconds",
             "Unix time the worker loop last polled Kafka.",

@@ -47,7 +47,7 @@ from livelearn.errors import (
 from settings import Settings
 from store.checkpoints import Checkpoint, CheckpointStore, ShardId
 from stream.decode import Event, EventDecoder
-from stream.dlq import DeadLetterSink
+from stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
 from stream.fetcher import KafkaRecord, KafkaStatus
 from stream.kafka_watch import KafkaWatch
 from stream.metrics import WorkerMetrics
@@ -470,7 +470,7 @@ class Worker:
             try:
                 event = decode(rec.value, rec.timestamp)
             except Exception as exc:  # one policy for every failure: the dead-letter topic
-                self._dead_letter(part, rec, _as_invalid(exc, "decode_error"))
+                self._dead_letter(part, rec, as_invalid(exc, "decode_error"))
                 for shard in shards:
                     if shard.next_offset <= offset:
                         shard.next_offset = offset + 1
@@ -574,7 +574,7 @@ class Worker:
                 self._hold(part, shard, offset)
             return
         self._metrics.processing_errors.labels(model, "dead_lettered").inc()
-        invalid = _as_invalid(exc, "model_error")
+        invalid = as_invalid(exc, "model_error")
         detail = f"model {model}: {invalid.detail}"
         self._dead_letter(part, rec, InvalidEvent(invalid.reason, detail), model)
         shard.next_offset = offset + 1
@@ -614,29 +614,9 @@ class Worker:
     ) -> None:
         """Send ``rec`` to the dead-letter topic; ``model`` is the model that refused it
         (None: no model could read it), part of the dedup key."""
-        self._dlq.send(
-            rec.topic,
-            rec.value,
-            rec.key,
-            reason=exc.reason,
-            detail=exc.detail,
-            source=(rec.topic, rec.partition, rec.offset),
-            model=model,
-        )
+        dead_letter_record(self._dlq, rec, exc, model)
         self._dead_letters_pending = True
         self._metrics.dead_letters.labels(rec.topic, exc.reason).inc()
-        log.warning(
-            "event sent to the dead-letter topic",
-            extra={
-                "fields": {
-                    "topic": rec.topic,
-                    "partition": rec.partition,
-                    "offset": rec.offset,
-                    "reason": exc.reason,
-                    "detail": exc.detail,
-                }
-            },
-        )
 
     # -- checkpoints ------------------------------------------------------------------
 
@@ -1468,11 +1448,3 @@ def _growth(reported: dict[str, int], counts: Mapping[str, int]) -> dict[str, in
     grown = {k: n - reported.get(k, 0) for k, n in counts.items() if n > reported.get(k, 0)}
     reported.update(counts)
     return grown
-
-
-def _as_invalid(exc: Exception, reason: str) -> InvalidEvent:
-    """``exc`` as the dead letter's reason and detail: its own for an `InvalidEvent`, else
-    ``reason`` with the exception's type and message."""
-    if isinstance(exc, InvalidEvent):
-        return exc
-    return InvalidEvent(reason, f"{type(exc).__name__}: {exc}")

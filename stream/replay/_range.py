@@ -135,6 +135,8 @@ def replay_consumer_config(settings: Settings) -> dict[str, Any]:
         "max_poll_records": k.max_poll_records,
         "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
         "fetch_max_bytes": k.fetch_max_bytes,
+        # As the worker reads: forwarded labels of an aborted transaction never count.
+        "isolation_level": "read_committed",
     }
 
 

@@ -310,9 +310,16 @@ def encode(events: list[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(e) for e in events]
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Any]:
-    """Every record of ``topic`` (all partitions), read without a group."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_all(
+    bootstrap: str, topic: str, timeout: float = 10.0, *, committed: bool = False
+) -> list[Any]:
+    """Every record of ``topic`` (all partitions), read without a group; ``committed``:
+    only those of committed transactions, as the worker reads."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
