@@ -31,6 +31,13 @@ from tests.integration.conftest import (
     produce,
     wait_for,
 )
+from tests.integration.test_label_topic import (
+    assert_forwarded_once,
+    assert_rivers_loop,
+    joined,
+    label_stream,
+    produce_with_labels,
+)
 from tests.integration.test_worker import (
     _assert_same_predictions,
     _fetch_processes,
@@ -171,6 +178,42 @@ def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
     assert "Kafka answers again after" in worker.log()
     assert worker.terminate() == 0, worker.tail()
     _learned_exactly_once(dep, events)
+
+
+def test_labels_from_their_topic_are_forwarded_once_across_a_broker_restart(
+    private_kafka, on_private_kafka, unique_name
+) -> None:
+    from kafka import KafkaAdminClient
+
+    label_topic = f"{unique_name}-labels"
+    dep = on_private_kafka(
+        partitions=2,
+        settings=FAST,
+        delayed_labels={"topic": label_topic, "max_pending": 10_000, "max_age_s": 3600},
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+    )
+    admin = KafkaAdminClient(bootstrap_servers=dep.bootstrap)
+    try:
+        admin.create_topics(
+            {label_topic: {"num_partitions": 3, "replication_factor": 1}}, wait_for_metadata=True
+        )
+    finally:
+        admin.close()
+    features, labels = label_stream(seed=3, n=600)
+    half = features[300]["ts"]
+    first = [label for label in labels if label["ts"] <= half]
+    produce_with_labels(dep, label_topic, features[:300], first)
+    worker = dep.start_worker()
+    wait_for(lambda: joined(dep, 2) >= 100, 60, "labels joined", context=worker.tail)
+    private_kafka.down()  # the router may be in the middle of a transaction
+    private_kafka.up()
+    back = time.monotonic()
+    produce_with_labels(dep, label_topic, features[300:], labels[len(first) :])
+    wait_for(lambda: joined(dep, 2) == 600, 120, "every label joined", context=worker.tail)
+    print(f"joined every label {time.monotonic() - back:.1f} s after the broker was back")
+    assert worker.terminate() == 0, worker.tail()
+    records = assert_forwarded_once(dep, label_topic, labels)
+    assert_rivers_loop(dep, records, partitions=2)
 
 
 def test_broker_down_past_the_outage_bound_exits_69_naming_kafka(

@@ -30,13 +30,13 @@ pytestmark = pytest.mark.integration
 N = 1000
 
 
-def _events(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def label_stream(seed: int, n: int = N) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The prediction events, and their labels 0-60 s (event time) later, out of order."""
     rng = random.Random(seed)
     base_ms = int(time.time() * 1000) - 3_600_000
     features, labels = [], []
     for i, (x, y) in enumerate(datasets.Phishing()):
-        if i == N:
+        if i == n:
             break
         features.append({"id": f"e{i}", "ts": base_ms + i * 1000, "features": x})
         late = i + rng.uniform(0, 60) + 0.5
@@ -53,55 +53,25 @@ def test_labels_from_their_own_topic_are_forwarded_once_through_a_sigkill(
         delayed_labels={"topic": label_topic, "max_pending": 10_000, "max_age_s": 3600},
         checkpoint={"every_events": 50, "every_seconds": 0.5},
     )
-    features, labels = _events(seed=11)
+    features, labels = label_stream(seed=11)
     bad = [b"not json", orjson.dumps(features[0]), orjson.dumps({"id": "e1"})]
 
-    def send_all() -> None:
-        # The events keyed by id on the model's topic; each label keyed alike on the label
-        # topic (3 partitions: a key lands elsewhere there), after its event, ~5 s of traffic.
-        producer = KafkaProducer(bootstrap_servers=dep.bootstrap, acks="all", linger_ms=2)
-        pending = list(labels)
-        for i, event in enumerate(features):
-            producer.send(topic, orjson.dumps(event), key=event["id"].encode())
-            while pending and pending[0]["ts"] <= event["ts"]:
-                label = pending.pop(0)
-                producer.send(label_topic, orjson.dumps(label), key=label["id"].encode())
-            if i % 20 == 0:
-                producer.flush()
-                time.sleep(0.1)
-            if i == N // 2:
-                for value in bad:
-                    producer.send(label_topic, value, key=b"bad")
-        for label in pending:
-            producer.send(label_topic, orjson.dumps(label), key=label["id"].encode())
-        producer.flush(timeout=60)
-        producer.close(timeout=10)
-
-    def joined() -> int:
-        return sum(int(dep.stats(p).get("labels", {}).get("joined", 0)) for p in (0, 1))
-
-    sender = threading.Thread(target=send_all)
+    # ~5 s of traffic, the bad records half-way.
+    sender = threading.Thread(
+        target=produce_with_labels, args=(dep, label_topic, features, labels, bad)
+    )
     worker = dep.start_worker()
     sender.start()
-    wait_for(lambda: _has_stats(dep) and joined() >= 150, 60, "labels joined", every=0.02)
+    wait_for(lambda: joined(dep, 2) >= 150, 60, "labels joined", every=0.02)
     worker.kill()  # mid-stream: the router has labels in a transaction, the shards pending
-    assert joined() < N
+    assert joined(dep, 2) < N
     worker = dep.start_worker()
     sender.join(timeout=60)
-    wait_for(lambda: joined() == N, 120, "every label joined", context=worker.tail)
+    wait_for(lambda: joined(dep, 2) == N, 120, "every label joined", context=worker.tail)
     metrics = worker.metrics()
     assert worker.terminate() == 0
 
-    # Exactly once: the model's topic holds each label once, as committed records.
-    records = read_all(dep.bootstrap, topic, timeout=30, committed=True)
-    forwarded = [r for r in records if b'"features"' not in r.value]
-    assert len(forwarded) == N
-    assert Counter(orjson.loads(r.value)["id"] for r in forwarded) == Counter(
-        label["id"] for label in labels
-    )
-    sources = {r.headers and dict(r.headers)[SOURCE_HEADER].decode() for r in forwarded}
-    assert len(sources) == N and all(s.startswith(f"{label_topic}/") for s in sources)
-    assert read_all(dep.bootstrap, f"{topic}.dlq", timeout=5) == []  # no duplicate, no miss
+    records = assert_forwarded_once(dep, label_topic, labels)
     letters = read_all(dep.bootstrap, f"{label_topic}.dlq", timeout=10)
     reasons = Counter(read_headers(r.headers)["reason"] for r in letters)
     assert reasons == Counter({"not_json": 1, "not_a_label": 1, "missing_field": 1})
@@ -120,11 +90,35 @@ def test_labels_from_their_own_topic_are_forwarded_once_through_a_sigkill(
     report = json.loads((dep.tmp_path / "r" / "report.json").read_text())
     assert report["counts"] == {"learned": N, "scored": N, "invalid": 0}
 
-    # River's loop per partition, over the committed records in their order: each event
-    # predicted on arrival, scored and learned when its label arrived.
+    weighted = assert_rivers_loop(dep, records, partitions=2)
+    for name, value in report["replayed"]["metrics"].items():
+        assert math.isclose(value, weighted[name], rel_tol=0, abs_tol=1e-12), name
+
+
+def assert_forwarded_once(dep: Any, label_topic: str, labels: list[dict[str, Any]]) -> list[Any]:
+    """The model's topic holds each label once, as a committed record forwarded from
+    ``label_topic``, and nothing was dead-lettered on it; its committed records."""
+    records = read_all(dep.bootstrap, dep.topic, timeout=30, committed=True)
+    forwarded = [r for r in records if b'"features"' not in r.value]
+    assert len(forwarded) == len(labels)
+    assert Counter(orjson.loads(r.value)["id"] for r in forwarded) == Counter(
+        label["id"] for label in labels
+    )
+    sources = {r.headers and dict(r.headers)[SOURCE_HEADER].decode() for r in forwarded}
+    assert len(sources) == len(labels)
+    assert all(s.startswith(f"{label_topic}/") for s in sources)
+    assert read_all(dep.bootstrap, f"{dep.topic}.dlq", timeout=5) == []  # no duplicate, miss
+    return records
+
+
+def assert_rivers_loop(dep: Any, records: list[Any], partitions: int) -> Counter[str]:
+    """Each shard equals River's loop over its partition's committed records in order:
+    each event predicted on arrival, scored and learned when its label arrived. The
+    metrics weighted by events, as a replay over every partition reports them."""
     probes = [x for x, _ in list(datasets.Phishing())[1100:1150]]
     weighted: Counter[str] = Counter()
-    for partition in (0, 1):
+    total = sum(b'"features"' in r.value for r in records)
+    for partition in range(partitions):
         stream = [
             orjson.loads(r.value)
             for r in sorted(records, key=lambda r: r.offset)
@@ -138,14 +132,43 @@ def test_labels_from_their_own_topic_are_forwarded_once_through_a_sigkill(
         assert stats["labels"] == {"joined": predicted, "expired": 0, "pending": 0}
         for name, value in expected.items():
             assert math.isclose(stats["metrics"][name], value, rel_tol=0, abs_tol=1e-12), name
-            weighted[name] += value * predicted / N  # both metrics are means over events
+            weighted[name] += value * predicted / total  # both metrics are means over events
         for x in probes:
             got, want = learner.predict_proba_one(x), reference.predict_proba_one(x)
             assert all(math.isclose(got[k], want[k], rel_tol=0, abs_tol=1e-12) for k in want)
-
-    for name, value in report["replayed"]["metrics"].items():
-        assert math.isclose(value, weighted[name], rel_tol=0, abs_tol=1e-12), name
+    return weighted
 
 
-def _has_stats(dep: Any) -> bool:
-    return all(dep.store.describe(dep.shard(p)) is not None for p in (0, 1))
+def produce_with_labels(
+    dep: Any,
+    label_topic: str,
+    features: list[dict[str, Any]],
+    labels: list[dict[str, Any]],
+    bad: list[bytes] | None = None,
+) -> None:
+    """The events keyed by id on the model's topic; each label keyed alike on the label
+    topic (where its key may land in another partition), once its time has come; ``bad``
+    records on the label topic half-way. A pause every 20 events: ~5 s for 1000."""
+    producer = KafkaProducer(bootstrap_servers=dep.bootstrap, acks="all", linger_ms=2)
+    pending = list(labels)
+    for i, event in enumerate(features):
+        producer.send(dep.topic, orjson.dumps(event), key=event["id"].encode())
+        while pending and pending[0]["ts"] <= event["ts"]:
+            label = pending.pop(0)
+            producer.send(label_topic, orjson.dumps(label), key=label["id"].encode())
+        if i % 20 == 0:
+            producer.flush()
+            time.sleep(0.1)
+        if i == len(features) // 2:
+            for value in bad or []:
+                producer.send(label_topic, value, key=b"bad")
+    for label in pending:
+        producer.send(label_topic, orjson.dumps(label), key=label["id"].encode())
+    producer.flush(timeout=60)
+    producer.close(timeout=10)
+
+
+def joined(dep: Any, partitions: int) -> int:
+    """Labels joined over the model's shards, as checkpointed."""
+    rows = [dep.store.describe(dep.shard(p)) for p in range(partitions)]
+    return sum(int(r["stats"].get("labels", {}).get("joined", 0)) for r in rows if r)
