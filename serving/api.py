@@ -61,6 +61,7 @@ from pydantic import (
 from livelearn.errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
 from serving._body import BodyLimits, RequestRefused, decode_json, measure, read_body
 from serving._server import serve
+from serving.alerts import PrometheusAlerts
 from serving.lookup import Lookup, Prediction
 from serving.metrics import ServingMetrics
 from serving.prediction_log import PredictionLog
@@ -391,7 +392,10 @@ def create_app(
         described: dict[str, Any] = _finite(lookup.describe(name))
         return described
 
-    board = StatusBoard(lookup.models, lookup.describe)
+    alerts = PrometheusAlerts(serving.alerts_url) if serving.alerts_url else None
+    board = StatusBoard(
+        lookup.models, lookup.describe, alerts=alerts.current if alerts is not None else None
+    )
 
     @app.get("/ui", include_in_schema=False)
     def status_page() -> HTMLResponse:

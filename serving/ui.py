@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from learners import combine_metrics
+from serving.alerts import AlertsView, FiringAlert
 
 __all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
 
@@ -30,26 +31,54 @@ _STALE_S = 300.0
 
 
 class StatusBoard:
-    """What the status page shows; ``describe`` is ``Lookup.describe``."""
+    """What the status page shows; ``describe`` is ``Lookup.describe``.
+
+    ``alerts`` gives the alerts Prometheus reports firing (``serving.alerts_url``): each
+    model then shows the firing alerts labelled with its name, and the page the others
+    (Kafka, Redis, workers). Without it, or while Prometheus does not answer, the firing
+    list is derived from the served state: a drift detection or label-free alarm in the
+    last 10 minutes, or a checkpoint older than 5 minutes.
+    """
 
     def __init__(
         self,
         models: Callable[[], list[str]],
         describe: Callable[[str], dict[str, Any]],
         clock: Callable[[], float] = time.time,
+        alerts: Callable[[], AlertsView] | None = None,
     ) -> None:
         self._models = models
         self._describe = describe
         self._clock = clock
+        self._alerts = alerts
         self._history: dict[str, collections.deque[dict[str, Any]]] = {}
         self._last_seen: dict[str, tuple[Any, ...]] = {}
         # When each model's alarm and drift counts last grew: (count, time) by name.
         self._grew: dict[str, dict[str, tuple[float, float]]] = {}
 
     def status(self) -> dict[str, Any]:
-        """Every model's summary, history and firing alerts."""
+        """Every model's summary, history and firing alerts, and the alerts about no model."""
         now = self._clock()
-        return {"time": now, "models": [self._model(name, now) for name in self._models()]}
+        view = self._alerts() if self._alerts is not None else None
+        from_prometheus = view is not None and view.read_at is not None and view.error is None
+        models = [self._model(name, now) for name in self._models()]
+        if from_prometheus:
+            assert view is not None
+            for model in models:
+                model["firing"] = sorted({a.name for a in view.alerts if a.model == model["model"]})
+        return {
+            "time": now,
+            "alerts": {
+                "source": "prometheus" if from_prometheus else "derived",
+                "error": view.error if view is not None else None,
+                "other": sorted(
+                    {_describe_alert(a) for a in view.alerts if a.model is None}
+                    if from_prometheus and view is not None
+                    else set()
+                ),
+            },
+            "models": models,
+        }
 
     def _model(self, name: str, now: float) -> dict[str, Any]:
         described = self._describe(name)
@@ -110,6 +139,12 @@ class StatusBoard:
             "firing": sorted(firing),
             "history": list(history),
         }
+
+
+def _describe_alert(alert: FiringAlert) -> str:
+    """An alert about no model: its name, and where (instance, dependency) if it says."""
+    where = [alert.labels[k] for k in ("instance", "dependency") if k in alert.labels]
+    return f"{alert.name} ({', '.join(where)})" if where else alert.name
 
 
 def _first(shards: list[dict[str, Any]], key: str) -> Mapping[str, Any]:
@@ -173,6 +208,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>livelearn: models</h1>
 <div id="updated">loading…</div>
+<div id="pipeline"></div>
 <form id="login"><label>API token <input id="token" type="password" autocomplete="off"></label>
 <button>Show</button></form>
 <div id="models"></div>
@@ -244,7 +280,12 @@ function render(status) {
   root.replaceChildren();
   document.getElementById("updated").textContent =
     "updated " + new Date(status.time * 1000).toLocaleTimeString() + " · " +
-    status.models.length + " model(s)";
+    status.models.length + " model(s) · alerts: " +
+    (status.alerts.source === "prometheus" ? "from Prometheus" : "derived from the models' state") +
+    (status.alerts.error ? " (" + status.alerts.error + ")" : "");
+  const pipeline = document.getElementById("pipeline");
+  pipeline.replaceChildren();
+  status.alerts.other.forEach((a) => pipeline.append(el("span", {"class": "alert"}, a)));
   status.models.forEach((m) => {
     const card = el("section", {"class": "model", "data-model": m.model});
     card.append(el("h2", {}, m.model + " (" + m.task + ")"));

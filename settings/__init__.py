@@ -175,6 +175,9 @@ class ServingSettings(_Section):
     # Write every served prediction (id, sanitized features, prediction, release) to this
     # Kafka topic, without making a request wait (serving/prediction_log.py); None: off.
     prediction_log_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Prometheus' base URL (http://prometheus:9090): the status page then shows the alerts
+    # it reports firing (config/alerts.yml) instead of deriving them (serving/alerts.py).
+    alerts_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 class LogSettings(_Section):

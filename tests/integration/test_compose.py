@@ -109,6 +109,15 @@ class ComposeStack:
                 return None
             raise
 
+    def ui_status(self) -> dict[str, Any]:
+        """What the status page shows (``GET /v1/ui/status``)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}/v1/ui/status",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+
     def wait_served(
         self, features: dict[str, float], ends: dict[int, int], what: str
     ) -> dict[str, Any]:
@@ -210,6 +219,14 @@ def test_compose_stack_learns_serves_scales_and_cleans_up(compose_stack: Compose
         for rule in group["rules"]
     }  # fmt: skip
     assert rule_names == _alert_names(), "Prometheus did not load every rule of alerts.yml"
+    # The status page reads its firing alerts from that Prometheus (serving.alerts_url).
+    wait_for(
+        lambda: stack.ui_status()["alerts"]["source"] == "prometheus",
+        30,
+        "the status page to read Prometheus' alerts",
+        every=1,
+        context=lambda: f"{stack.ui_status()['alerts']}\n{stack.logs()}",
+    )
     # The malformed record was dead-lettered, and counted (more than once only if a
     # rebalance moved its partition before a checkpoint covered it: the design allows it).
     wait_for(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.fake_prometheus import alerts_answer, fake_prometheus
 from tests.integration.conftest import encode, phishing_events, produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -39,48 +40,83 @@ def test_the_status_page_shows_every_model_and_follows_its_checkpoints(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    dep = deploy(make_topic(partitions=1))
-    events = phishing_events(n=400)
-    produce(dep.bootstrap, dep.topic, encode(events[:200]))
-    worker = dep.start_worker()
-    wait_for(lambda: dep.next_offset() == 200, 60, "200 events learned", context=worker.tail)
-    server = dep.start_server()
-    base = f"http://127.0.0.1:{server.port}"
-    wait_for(lambda: _answers(base + "/healthz"), 30, "the API up")
+    # Prometheus' answer: nothing firing at first.
+    answers = [alerts_answer()]
+    with fake_prometheus(answers) as alerts_url:
+        dep = deploy(make_topic(partitions=1), settings={"serving": {"alerts_url": alerts_url}})
+        events = phishing_events(n=400)
+        produce(dep.bootstrap, dep.topic, encode(events[:200]))
+        worker = dep.start_worker()
+        wait_for(lambda: dep.next_offset() == 200, 60, "200 events learned", context=worker.tail)
+        server = dep.start_server()
+        base = f"http://127.0.0.1:{server.port}"
+        wait_for(lambda: _answers(base + "/healthz"), 30, "the API up")
 
-    # The page itself holds no data and needs no token; its data does.
-    with urllib.request.urlopen(base + "/ui", timeout=5) as resp:
-        page = resp.read().decode()
-    assert "/v1/ui/status" in page and dep.model not in page
-    assert "https://" not in page and "http://" not in page  # nothing fetched from outside
-    unauthorized = urllib.request.Request(base + "/v1/ui/status")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(unauthorized, timeout=5)
-    assert refused.value.code == 401
+        # The page itself holds no data and needs no token; its data does.
+        with urllib.request.urlopen(base + "/ui", timeout=5) as resp:
+            page = resp.read().decode()
+        assert "/v1/ui/status" in page and dep.model not in page
+        assert "https://" not in page and "http://" not in page  # nothing fetched from outside
+        unauthorized = urllib.request.Request(base + "/v1/ui/status")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(unauthorized, timeout=5)
+        assert refused.value.code == 401
 
-    browser.get(base + "/ui")
-    browser.find_element(By.ID, "token").send_keys(server.token)
-    browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    card = f'section[data-model="{dep.model}"]'
+        browser.get(base + "/ui")
+        browser.find_element(By.ID, "token").send_keys(server.token)
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+        card = f'section[data-model="{dep.model}"]'
 
-    def learned() -> str:
-        found = browser.find_elements(By.CSS_SELECTOR, f"{card} .learned")
-        return found[0].text if found else ""
+        def learned() -> str:
+            found = browser.find_elements(By.CSS_SELECTOR, f"{card} .learned")
+            return found[0].text if found else ""
 
-    wait_for(lambda: "200" in learned(), 30, "the page to show the model", every=0.2)
-    assert browser.find_element(By.CSS_SELECTOR, f"{card} canvas.quality").size["width"] > 100
-    assert "no alert firing" in browser.find_element(By.CSS_SELECTOR, f"{card} .alerts").text
+        wait_for(lambda: "200" in learned(), 30, "the page to show the model", every=0.2)
+        assert browser.find_element(By.CSS_SELECTOR, f"{card} canvas.quality").size["width"] > 100
+        assert "no alert firing" in browser.find_element(By.CSS_SELECTOR, f"{card} .alerts").text
 
-    produce(dep.bootstrap, dep.topic, encode(events[200:]))
-    wait_for(lambda: dep.next_offset() == 400, 60, "400 events learned", context=worker.tail)
-    wait_for(lambda: "400" in learned(), 30, "the page to follow the checkpoint", every=0.2)
-    history = browser.execute_script(
-        "return fetch('/v1/ui/status', {headers: {Authorization: 'Bearer ' + "
-        "sessionStorage.getItem('livelearn-token')}}).then(r => r.json())"
-    )
-    (model,) = [m for m in history["models"] if m["model"] == dep.model]
-    assert [p["events_learned"] for p in model["history"]][-1] == 400
-    assert len(model["history"]) >= 2
+        produce(dep.bootstrap, dep.topic, encode(events[200:]))
+        wait_for(lambda: dep.next_offset() == 400, 60, "400 events learned", context=worker.tail)
+        wait_for(lambda: "400" in learned(), 30, "the page to follow the checkpoint", every=0.2)
+        history = browser.execute_script(
+            "return fetch('/v1/ui/status', {headers: {Authorization: 'Bearer ' + "
+            "sessionStorage.getItem('livelearn-token')}}).then(r => r.json())"
+        )
+        (model,) = [m for m in history["models"] if m["model"] == dep.model]
+        assert [p["events_learned"] for p in model["history"]][-1] == 400
+        assert len(model["history"]) >= 2
+        assert history["alerts"] == {"source": "prometheus", "error": None, "other": []}
+
+        # Prometheus reports an alert on the model and one on a worker's Kafka: the card shows
+        # the first, the page's banner the second.
+        answers.append(
+            alerts_answer(
+                {
+                    "labels": {"alertname": "LivelearnDriftDetected", "model": dep.model},
+                    "state": "firing",
+                },
+                {
+                    "labels": {"alertname": "LivelearnKafkaUnavailable", "instance": "w1:9400"},
+                    "state": "firing",
+                },
+            )
+        )
+
+        def shown(selector: str) -> str:
+            found = browser.find_elements(By.CSS_SELECTOR, selector)
+            return " ".join(e.text for e in found)
+
+        wait_for(
+            lambda: "LivelearnDriftDetected" in shown(f"{card} .alerts .alert"),
+            40,
+            "the page to show the model's alert from Prometheus",
+            every=0.5,
+        )
+        assert shown("#pipeline .alert") == "LivelearnKafkaUnavailable (w1:9400)"
+        assert "alerts: from Prometheus" in shown("#updated")
+    # Prometheus gone: derived alerts, and the error shown.
+    wait_for(lambda: "did not answer" in shown("#updated"), 40, "the page to say so", every=0.5)
+    assert "derived" in shown("#updated") and shown("#pipeline .alert") == ""
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     assert worker.terminate() == 0
