@@ -60,23 +60,19 @@ class StatusBoard:
         """Every model's summary, history and firing alerts, and the alerts about no model."""
         now = self._clock()
         view = self._alerts() if self._alerts is not None else None
-        from_prometheus = view is not None and view.read_at is not None and view.error is None
+        error = view.error if view is not None else None
+        # Prometheus' answer, when there is one and the last attempt to read it worked.
+        answer = view.alerts if view is not None and view.read_at is not None else None
         models = [self._model(name, now) for name in self._models()]
-        if from_prometheus:
-            assert view is not None
+        if answer is not None and error is None:
             for model in models:
-                model["firing"] = sorted({a.name for a in view.alerts if a.model == model["model"]})
+                model["firing"] = sorted({a.name for a in answer if a.model == model["model"]})
+            source, other = "prometheus", sorted({_where(a) for a in answer if a.model is None})
+        else:
+            source, other = "derived", []
         return {
             "time": now,
-            "alerts": {
-                "source": "prometheus" if from_prometheus else "derived",
-                "error": view.error if view is not None else None,
-                "other": sorted(
-                    {_describe_alert(a) for a in view.alerts if a.model is None}
-                    if from_prometheus and view is not None
-                    else set()
-                ),
-            },
+            "alerts": {"source": source, "error": error, "other": other},
             "models": models,
         }
 
@@ -141,7 +137,7 @@ class StatusBoard:
         }
 
 
-def _describe_alert(alert: FiringAlert) -> str:
+def _where(alert: FiringAlert) -> str:
     """An alert about no model: its name, and where (instance, dependency) if it says."""
     where = [alert.labels[k] for k in ("instance", "dependency") if k in alert.labels]
     return f"{alert.name} ({', '.join(where)})" if where else alert.name
