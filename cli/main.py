@@ -470,7 +470,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     def show(progress: list[ShardProgress], rate: float) -> None:
         row = summarize(progress).get(spec.name)
         if row is None:
-            print(f"  waiting for partitions… ({sent[0]} events produced)")
+            waited = time.monotonic() - started
+            why = ""
+            if waited > 3:  # a demo killed before leaves its member in the group for a while
+                session_s = settings.kafka.session_timeout_ms / 1000
+                why = (
+                    f"; a worker stopped without leaving the group holds them for up to "
+                    f"{session_s:g} s (kafka.session_timeout_ms)"
+                )
+            print(f"  waiting for partitions… ({sent[0]} events produced{why})")
             return
         cum = row["metrics"].get(primary)
         roll = row["rolling_metrics"].get(primary)
