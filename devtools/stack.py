@@ -325,6 +325,9 @@ share.coordinator.state.topic.min.isr=1
 # consumer group join faster (the topic is created then).
 offsets.topic.num.partitions=5
 group.initial.rebalance.delay.ms=0
+# A label router killed mid-transaction holds back read_committed readers of the model
+# topic until its transaction is aborted: its timeout (10 s), plus this sweep (10 s by default).
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 """
 
 

@@ -37,7 +37,7 @@ from livelearn.errors import InvalidEvent
 from settings import Settings
 from stream.decode import EventDecoder
 from stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
-from stream.fetcher import KafkaRecord
+from stream.fetcher import KafkaRecord, read_status
 from stream.metrics import WorkerMetrics
 from stream.outage import Backoff
 
@@ -185,6 +185,8 @@ class LabelRouter:
         self._consumer: _Consumer | None = None
         self._producer: _Producer | None = None
         self._backoff = Backoff(settings.outage.retry_initial_s, settings.outage.retry_max_s)
+        self._stall_s = settings.outage.stall_timeout_s
+        self._unsettled_since: float | None = None  # the consumer is not a stable member
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -233,6 +235,7 @@ class LabelRouter:
         if self._consumer is None:
             self._consumer = self._consumer_factory(**self._consumer_config)
             self._consumer.subscribe(sorted(self.routes))
+            self._unsettled_since = None
 
     def _forward_batch(self) -> None:
         consumer, producer = self._consumer, self._producer
@@ -240,7 +243,9 @@ class LabelRouter:
         batches = consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
         batches = {tp: records for tp, records in batches.items() if records}
         if not batches:
+            self._check_member(consumer)
             return
+        self._unsettled_since = None
         producer.begin_transaction()
         try:
             counts: dict[tuple[str, str], int] = {}
@@ -263,6 +268,22 @@ class LabelRouter:
             raise
         for (topic, outcome), n in counts.items():
             self._metrics.labels_forwarded.labels(topic, outcome).inc(n)
+
+    def _check_member(self, consumer: _Consumer) -> None:
+        """Raise when the consumer has not been a stable member of its group for
+        ``outage.stall_timeout_s`` (kafka-python can stay out of a group after a rebalance
+        went wrong): `run` then replaces it, as the worker's watchdog replaces its own."""
+        status = read_status(consumer)
+        if status.joined:
+            self._unsettled_since = None
+        elif self._unsettled_since is None:
+            self._unsettled_since = status.at
+        elif status.at - self._unsettled_since > self._stall_s:
+            raise ConnectionError(
+                f"the consumer has not been a stable member of group {self.group_id!r} for "
+                f"{status.at - self._unsettled_since:.0f} s (outage.stall_timeout_s="
+                f"{self._stall_s:g})"
+            )
 
     def _forward(self, producer: _Producer, rec: KafkaRecord) -> str:
         """Send one label record to its model topics, or dead-letter it; the outcome."""

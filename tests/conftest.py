@@ -214,6 +214,10 @@ def _apache_kafka_container() -> Any:
             self.with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR", "1")
             self.with_env("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR", "1")
             self.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+            # As docker-compose.yml: a killed label router's transaction is aborted soon.
+            self.with_env(
+                "KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS", "1000"
+            )
 
         def tc_start(self) -> None:
             host = self.get_container_host_ip()

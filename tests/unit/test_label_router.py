@@ -5,6 +5,7 @@ proves it on a real broker, through a SIGKILL."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -32,11 +33,11 @@ def _model(name: str, model_topic: str, label: str = "label", **delayed: Any) ->
     }
 
 
-def _settings(*models: dict[str, Any]) -> Settings:
+def _settings(*models: dict[str, Any], stall_timeout_s: float = 30.0) -> Settings:
     return Settings(
         kafka={"bootstrap_servers": "localhost:1", "group_id": "g"},
         redis={"url": "redis://localhost:1/0"},
-        outage={"retry_initial_s": 0.01, "retry_max_s": 0.01},
+        outage={"retry_initial_s": 0.01, "retry_max_s": 0.01, "stall_timeout_s": stall_timeout_s},
         models=list(models),
     )
 
@@ -44,8 +45,10 @@ def _settings(*models: dict[str, Any]) -> Settings:
 class FakeConsumer:
     """Hands out ``batches`` (then stops the router); records what it was asked."""
 
-    def __init__(self, batches: list[list[Record]], router: list[LabelRouter]) -> None:
-        self.batches, self.router = batches, router
+    def __init__(
+        self, batches: list[list[Record]], router: list[LabelRouter], poll_s: float = 0.0
+    ) -> None:
+        self.batches, self.router, self.poll_s = batches, router, poll_s
         self.subscribed: list[str] = []
         self.closed = False
 
@@ -53,6 +56,7 @@ class FakeConsumer:
         self.subscribed = topics
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
+        time.sleep(self.poll_s)
         if not self.batches:
             self.router[0].stop()
             return {}
@@ -113,7 +117,10 @@ class ClosingDlq(FakeDlq):
 
 
 def _router(
-    settings: Settings, batches: list[list[Record]], dlq: ClosingDlq | None = None
+    settings: Settings,
+    batches: list[list[Record]],
+    dlq: ClosingDlq | None = None,
+    poll_s: float = 0.0,
 ) -> tuple[LabelRouter, list[Any], list[FakeConsumer], ClosingDlq, WorkerMetrics]:
     log: list[Any] = []
     consumers: list[FakeConsumer] = []
@@ -123,7 +130,7 @@ def _router(
 
     def make_consumer(**config: Any) -> FakeConsumer:
         assert config["isolation_level"] == "read_committed" and config["group_id"] == "g.labels"
-        consumers.append(FakeConsumer(batches, holder))
+        consumers.append(FakeConsumer(batches, holder, poll_s))
         return consumers[-1]
 
     router = LabelRouter(
@@ -197,6 +204,18 @@ def test_an_undelivered_dead_letter_aborts_the_batch_and_it_is_forwarded_again()
     assert len(consumers) == 2 and consumers[0].closed
     assert metrics.label_router_errors._value.get() == 1
     assert metrics.labels_forwarded.labels("labels", "forwarded")._value.get() == 1
+
+
+def test_a_consumer_that_stays_out_of_its_group_is_replaced() -> None:
+    # The fake consumer never reports a stable membership, as a kafka-python consumer
+    # stuck after a failed rebalance: past outage.stall_timeout_s the router replaces it.
+    settings = _settings(_model("m", "payments", topic="labels"), stall_timeout_s=0.05)
+    idle: list[list[Record]] = [[] for _ in range(20)]  # 20 empty polls of 10 ms
+    router, log, consumers, _, metrics = _router(settings, idle, poll_s=0.01)
+    _run(router)
+    assert len(consumers) >= 2 and consumers[0].closed
+    assert metrics.label_router_errors._value.get() >= 1
+    assert log.count("init") >= 2  # the producer is made anew with it
 
 
 def test_one_label_topic_feeds_each_model_topic_whose_label_it_carries() -> None:
