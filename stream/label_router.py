@@ -296,19 +296,17 @@ class LabelRouter:
                     "an event with features on a label topic: only label-only events "
                     "(id and label) are forwarded to the model's topic",
                 )
-            targets = [
-                topic
-                for topic, fields in route.targets
-                if any(event.fields.get(f) is not None for f in fields)
-            ]
-            if not targets:
-                wanted = ", ".join(route.label_fields)
-                raise InvalidEvent("missing_label", f"no label field ({wanted}) is set")
         except Exception as exc:
             invalid = as_invalid(exc, "decode_error")
             dead_letter_record(self._dlq, rec, invalid)
             self._metrics.dead_letters.labels(rec.topic, invalid.reason).inc()
             return "dead_lettered"
+        # The decoder refused a label-only event without any label: each has a target.
+        targets = [
+            topic
+            for topic, fields in route.targets
+            if any(event.fields.get(f) is not None for f in fields)
+        ]
         key = rec.key or (event.key if event.key is not None else event.id).encode()
         headers = [(SOURCE_HEADER, f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
         stamp = rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0 else None
@@ -319,16 +317,18 @@ class LabelRouter:
     def _close(self) -> None:
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
-        for client in (consumer, producer):
-            if client is None:
-                continue
-            try:
-                if client is producer:
-                    producer.close(timeout=_CLOSE_TIMEOUT_S)
-                else:
-                    client.close()
-            except Exception as exc:
-                log.debug("closing a label-forwarding client failed: %s", exc)
+        if consumer is not None:
+            _quietly(consumer.close)
+        if producer is not None:
+            _quietly(lambda: producer.close(timeout=_CLOSE_TIMEOUT_S))
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    """Close a client that may be broken already: a failure is only worth a debug line."""
+    try:
+        close()
+    except Exception as exc:
+        log.debug("closing a label-forwarding client failed: %s", exc)
 
 
 _TRANSACTION_TIMEOUT_MS = 10_000
