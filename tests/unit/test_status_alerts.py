@@ -40,7 +40,7 @@ ANSWER = {
 }
 
 
-def _describe(name: str) -> dict[str, Any]:
+def _describe(name: str, freshness_s: float = 1.0) -> dict[str, Any]:
     shard = {
         "topic": "t",
         "partition": 0,
@@ -57,7 +57,7 @@ def _describe(name: str) -> dict[str, Any]:
         "release": None,
         "shards": [shard],
         "events_learned": 10,
-        "freshness_seconds": 1.0,
+        "freshness_seconds": freshness_s,
     }
 
 
@@ -91,10 +91,9 @@ def test_without_prometheus_the_alerts_are_derived_and_the_error_shown() -> None
     )
     for alerts, error in ((None, None), (lambda: failed, failed.error)):
         # A checkpoint 20 minutes old: "stale", derived from the served state.
-        board = StatusBoard(lambda: ["fraud"], _describe, lambda: 1000.0 + 1200, alerts)
-        described = _describe("fraud")
-        described["freshness_seconds"] = 1200.0
-        board._describe = lambda name, d=described: d  # type: ignore[method-assign]
+        board = StatusBoard(
+            lambda: ["fraud"], lambda name: _describe(name, 1200.0), lambda: 2200.0, alerts
+        )
         status = board.status()
         assert status["alerts"] == {"source": "derived", "error": error, "other": []}
         assert status["models"][0]["firing"] == ["stale"]
