@@ -623,18 +623,23 @@ class Worker:
     def _checkpoint_due(self, now: float) -> None:
         if self._redis.active:
             return  # retried by `_tend` once Redis answers again
-        due: list[Partition] = []
+        written = self._write_checkpoints(
+            "time",
+            lambda s: s.pending > 0 and now - s.last_checkpoint >= s.spec.checkpoint.every_seconds,
+        )
+        self._commit(written)
+
+    def _write_checkpoints(self, trigger: Trigger, due: Callable[[Shard], bool]) -> list[Partition]:
+        """Checkpoint every live shard for which ``due`` holds; the partitions written to."""
+        written = []
         for part in list(self._partitions.values()):
             wrote = False
             for shard in list(part.shards):
-                if (
-                    shard.pending
-                    and now - shard.last_checkpoint >= shard.spec.checkpoint.every_seconds
-                ):
-                    wrote = self._checkpoint(part, shard, "time") or wrote
+                if due(shard):
+                    wrote = self._checkpoint(part, shard, trigger) or wrote
             if wrote:
-                due.append(part)
-        self._commit(due)
+                written.append(part)
+        return written
 
     def _checkpoint(self, part: Partition, shard: Shard, trigger: Trigger) -> bool:
         """Write one shard's checkpoint; True if written.
@@ -760,14 +765,6 @@ class Worker:
         except Exception as exc:  # a commit during a rebalance may fail; harmless here
             log.warning("offset commit failed: %s", exc)
 
-    def _checkpoint_partitions(self, parts: Iterable[Partition], trigger: Trigger) -> None:
-        parts = list(parts)
-        for part in parts:
-            for shard in list(part.shards):
-                if shard.pending or trigger == "shutdown":
-                    self._checkpoint(part, shard, trigger)
-        self._commit(parts, wait=trigger == "shutdown")
-
     # -- assignment -------------------------------------------------------------------
     #
     # The rebalance callbacks only record what changed and pause new partitions: they run
@@ -866,15 +863,14 @@ class Worker:
 
     def _save_pending(self) -> None:
         """Checkpoint every live shard with pending events, and commit after."""
-        written = []
-        for part in list(self._partitions.values()):
-            wrote = False
-            for shard in list(part.shards):
-                if shard.pending:
-                    wrote = self._checkpoint(part, shard, "retry") or wrote
-            if wrote:
-                written.append(part)
-        self._commit(written)
+        self._commit(self._write_checkpoints("retry", lambda s: s.pending > 0))
+
+    def _save_revoked(self, part: Partition) -> None:
+        """Checkpoint the pending shards of a revoked partition. The save is fenced: if the
+        new owner claimed a shard first it is refused, and the new owner re-learns."""
+        for shard in list(part.shards):
+            if shard.pending:
+                self._checkpoint(part, shard, "revoke")
 
     def _store_failed(self, exc: ServiceUnavailable) -> None:
         """Redis did not answer: pause every partition until it does (see `Outage`)."""
@@ -911,9 +907,7 @@ class Worker:
         """Save the pending shards of revoked partitions; forget those partitions once an
         assignment has come that does not give them back."""
         for tp, (part, at) in list(self._released.items()):
-            for shard in list(part.shards):
-                if shard.pending and not self._redis.active:
-                    self._checkpoint(part, shard, "revoke")
+            self._save_revoked(part)  # nothing is written while Redis does not answer
             if tp in self._pending or at == self._assignments:
                 continue  # assigned back (its shards may be kept), or no assignment yet
             del self._released[tp]
@@ -976,9 +970,7 @@ class Worker:
         kept: dict[ShardId, Shard] = {}
         if tp in self._released:
             old = self._released[tp][0]
-            for shard in list(old.shards):
-                if shard.pending:
-                    self._checkpoint(old, shard, "revoke")
+            self._save_revoked(old)
             if self._redis.active:
                 return None
             kept = {shard.id: shard for shard in old.shards}
@@ -1236,10 +1228,9 @@ class Worker:
                 )
             else:
                 for part in released:
-                    for shard in list(part.shards):
-                        if shard.pending:
-                            self._checkpoint(part, shard, "revoke")
-                self._checkpoint_partitions(self._partitions.values(), "shutdown")
+                    self._save_revoked(part)
+                self._write_checkpoints("shutdown", lambda s: True)
+                self._commit(list(self._partitions.values()), wait=True)
         finally:
             self._partitions.clear()
             self._released.clear()
