@@ -39,11 +39,10 @@ from tests.integration.test_label_topic import (
     produce_with_labels,
 )
 from tests.integration.test_worker import (
-    _assert_same_predictions,
     _fetch_processes,
     _owns_a_shard,
-    _river_reference,
     _running,
+    assert_learned_as_rivers_loop,
 )
 
 pytestmark = pytest.mark.integration
@@ -117,14 +116,6 @@ def _readyz(worker: WorkerHandle) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
-def _learned_exactly_once(dep: Deployment, events: list[dict[str, Any]]) -> None:
-    learner = dep.learner()
-    assert learner.stats()["events_learned"] == len(events)
-    reference, ref_metrics = _river_reference(events)
-    _assert_same_predictions(learner.model, reference)
-    assert learner.stats()["metrics"]["Accuracy"] == pytest.approx(ref_metrics["Accuracy"])
-
-
 FAST = {  # detect a stall within seconds, and give a restarting broker a minute
     "outage": {"stall_timeout_s": 5, "timeout_s": 60, "retry_max_s": 1},
 }
@@ -144,7 +135,7 @@ def test_broker_restarted_as_the_worker_joins_learns_every_event_once(
     wait_for(lambda: dep.next_offset() == 1000, 90, "1000 events learned", context=worker.tail)
     print(f"learned everything {time.monotonic() - back:.1f} s after the broker was back")
     assert worker.terminate() == 0, worker.tail()
-    _learned_exactly_once(dep, events)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
@@ -177,7 +168,7 @@ def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
     assert f"{KAFKA_UP} 1.0" in worker.metrics()
     assert "Kafka answers again after" in worker.log()
     assert worker.terminate() == 0, worker.tail()
-    _learned_exactly_once(dep, events)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 def test_labels_from_their_topic_are_forwarded_once_across_a_broker_restart(
@@ -272,4 +263,4 @@ def test_a_fetch_process_that_stops_is_replaced_and_learning_resumes(make_topic,
     print(f"learned everything {time.monotonic() - stopped_at:.1f} s after the stop")
     assert len(_fetch_processes(worker.proc.pid)) == 1  # its replacement
     assert worker.terminate() == 0, worker.tail()
-    _learned_exactly_once(dep, events)
+    assert_learned_as_rivers_loop(dep.learner(), events)

@@ -10,7 +10,6 @@ ends with exactly the model of River's own loop over every event. Past the bound
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import signal
@@ -40,7 +39,7 @@ from tests.integration.conftest import (
     produce,
     wait_for,
 )
-from tests.integration.test_worker import _assert_same_predictions, _river_reference
+from tests.integration.test_worker import assert_learned_as_rivers_loop
 
 pytestmark = pytest.mark.integration
 
@@ -226,12 +225,7 @@ def test_a_redis_outage_during_checkpoints_is_ridden_out_with_nothing_lost(
     _learned_everything(dep, len(events), worker)
     assert worker.terminate() == 0, worker.tail()
 
-    learner = dep.learner()
-    assert learner.stats()["events_learned"] == len(events)
-    reference, ref_metrics = _river_reference(events)
-    _assert_same_predictions(learner.model, reference)
-    for name, value in ref_metrics.items():
-        assert math.isclose(learner.stats()["metrics"][name], value, abs_tol=1e-12), name
+    assert_learned_as_rivers_loop(dep.learner(), events)
     log = worker.log()
     assert "Redis does not answer: learning paused" in log
     assert "Redis answers again after" in log
@@ -257,8 +251,7 @@ def test_a_worker_started_while_redis_is_down_waits_then_learns(
     _learned_everything(dep, len(events), worker)
     assert _readyz(worker)[0] == 200
     assert worker.terminate() == 0, worker.tail()
-    reference, _ = _river_reference(events)
-    _assert_same_predictions(dep.learner().model, reference)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 def test_redis_down_past_the_outage_timeout_exits_69_naming_redis(
@@ -287,8 +280,7 @@ def test_redis_down_past_the_outage_timeout_exits_69_naming_redis(
     worker = dep.start_worker()
     _learned_everything(dep, len(events), worker)
     assert worker.terminate() == 0, worker.tail()
-    reference, _ = _river_reference(events)
-    _assert_same_predictions(dep.learner().model, reference)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 @pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
@@ -321,10 +313,7 @@ def test_a_fenced_shard_is_reported_then_claimed_again_and_learns_every_event_on
     producer.join()
     _learned_everything(dep, len(events), worker)
     assert worker.terminate() == 0, worker.tail()
-    learner = dep.learner()
-    assert learner.stats()["events_learned"] == len(events)
-    reference, _ = _river_reference(events)
-    _assert_same_predictions(learner.model, reference)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 def test_new_shards_start_where_their_specs_say(make_topic, deploy) -> None:

@@ -58,6 +58,17 @@ def _assert_same_predictions(model_a: Any, model_b: Any) -> None:
             assert math.isclose(pa[k], pb[k], rel_tol=0, abs_tol=1e-12), (x, pa, pb)
 
 
+def assert_learned_as_rivers_loop(learner: Any, events: list[dict[str, Any]]) -> None:
+    """``learner`` learned each of ``events`` once, exactly as River's own loop: the same
+    count, the same metrics and the same predictions, to 1e-12."""
+    reference, ref_metrics = _river_reference(events)
+    stats = learner.stats()
+    assert stats["events_learned"] == len(events)
+    for name, value in ref_metrics.items():
+        assert math.isclose(stats["metrics"][name], value, rel_tol=0, abs_tol=1e-12), name
+    _assert_same_predictions(learner.model, reference)
+
+
 @pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
 def test_one_partition_equals_rivers_own_loop(make_topic, deploy, fetch_in_child) -> None:
     topic = make_topic(partitions=1)
@@ -67,13 +78,7 @@ def test_one_partition_equals_rivers_own_loop(make_topic, deploy, fetch_in_child
     worker = dep.start_worker()
     wait_for(lambda: dep.next_offset() == 1000, 60, "1000 events learned", context=worker.tail)
     assert worker.terminate() == 0
-    learner = dep.learner()
-    reference, ref_metrics = _river_reference(events)
-    stats = learner.stats()
-    assert stats["events_learned"] == 1000
-    for name, value in ref_metrics.items():
-        assert math.isclose(stats["metrics"][name], value, rel_tol=0, abs_tol=1e-12), name
-    _assert_same_predictions(learner.model, reference)
+    assert_learned_as_rivers_loop(dep.learner(), events)
 
 
 def _owns_a_shard(worker: WorkerHandle) -> bool:
@@ -154,11 +159,7 @@ def test_sigkill_at_several_points_learns_every_event_once(
     wait_for(lambda: dep.next_offset() == 1000, 120, "the last worker to reach the end")
     fetchers += _fetch_processes(worker.proc.pid)
     assert worker.terminate() == 0
-    learner = dep.learner()
-    assert learner.stats()["events_learned"] == 1000
-    reference, ref_metrics = _river_reference(events)
-    _assert_same_predictions(learner.model, reference)
-    assert math.isclose(learner.stats()["metrics"]["Accuracy"], ref_metrics["Accuracy"])
+    assert_learned_as_rivers_loop(dep.learner(), events)
     assert "shard restored" in worker.log()
     # One fetch process a worker, or none when the worker fetches itself; and nothing
     # outlives a worker, killed or stopped: its fetch process leaves with it.
