@@ -184,13 +184,8 @@ class Learner:
 
         """
         x = features if self._select is None else self._select.select_features(features)
-        if label is None:
-            y_pred = self._model.predict_one(x)
-            self.events_scored += 1
-            self.last_offset = offset
-            if self._monitor is not None:
-                self._monitor.observe(features, y_pred, offset)
-            return y_pred
+        if label is None:  # nothing to score: no probabilities asked for
+            return self._scored(features, x, offset, scoring=False)[0]
         y_pred, proba = self._scored(features, x, offset)
         self._learn(x, label, y_pred, proba, offset)
         return y_pred
@@ -307,11 +302,12 @@ class Learner:
             del recent[next(iter(recent))]
 
     def _scored(
-        self, features: Mapping[str, Any], x: Mapping[str, Any], offset: int
+        self, features: Mapping[str, Any], x: Mapping[str, Any], offset: int, scoring: bool = True
     ) -> tuple[Any, Any]:
         """Predict for ``x`` (the selected ``features``), count the event as scored and
-        show it to the monitor; the predicted label and the probabilities."""
-        y_pred, proba = self._predict(x)
+        show it to the monitor; the predicted label and the probabilities (None when not
+        ``scoring``: only the label is predicted)."""
+        y_pred, proba = self._predict(x) if scoring else (self._model.predict_one(x), None)
         self.events_scored += 1
         self.last_offset = offset
         if self._monitor is not None:
