@@ -10,11 +10,21 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_COMPILE_BYTECODE=1
+# uv, pinned with its hashes, in a venv of its own that stays in this stage.
+COPY requirements-uv.txt /tmp/
+RUN python -m venv /opt/uv && /opt/uv/bin/pip install --require-hashes -r /tmp/requirements-uv.txt
+RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The runtime dependencies exactly as uv.lock holds them (hashes checked; `--locked` fails
+# the build when the lock disagrees with pyproject.toml), in a layer of their own, then
+# livelearn itself, not editable.
+COPY pyproject.toml uv.lock README.md ./
+RUN /opt/uv/bin/uv sync --locked --no-install-project
 COPY livelearn/ livelearn/
 COPY learners/ learners/
 COPY settings/ settings/
@@ -24,12 +34,11 @@ COPY serving/ serving/
 COPY cli/ cli/
 COPY devtools/ devtools/
 # The import check fails the build when a runtime dependency is missing from pyproject.toml.
-# Then pip, setuptools and the libraries' own test suites leave the environment (the
-# bytecode stays: without it every start compiles the libraries again).
-RUN pip install --prefer-binary . \
-    && python -c "import stream.app, devtools.produce, cli.main, stream.replay, serving.api" \
-    && livelearn --help > /dev/null \
-    && pip uninstall --yes --quiet pip setuptools \
+# Then the libraries' own test suites leave the environment (the bytecode stays: without it
+# every start compiles the libraries again).
+RUN /opt/uv/bin/uv sync --locked --no-editable \
+    && /opt/venv/bin/python -c "import livelearn.stream.app, livelearn.devtools.produce, livelearn.cli.main, livelearn.stream.replay, livelearn.serving.api" \
+    && /opt/venv/bin/livelearn --help > /dev/null \
     && find /opt/venv/lib -depth -type d -path '*/site-packages/*' \
         -name tests -exec rm -rf {} +
 

@@ -1,22 +1,40 @@
 # The verbs a newcomer needs. `make test` is the project's one test command (CI runs it).
 # Every target runs in the project's virtual environment, .venv, which `install` makes if
-# it is missing and brings in step with pyproject.toml: the system Python is never touched.
+# it is missing and brings in step with uv.lock: the system Python is never touched.
 VENV ?= .venv
 # Not `?=`: a PYTHON variable in the environment must not send make to another interpreter.
 PYTHON := $(VENV)/bin/python
+# uv installs exactly what uv.lock holds (hashes checked). It lives in a venv of its own,
+# .tools, installed from requirements-uv.txt (pinned, with its hashes).
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The machine's python3 makes .venv; uv never downloads an interpreter of its own.
+export UV_PYTHON ?= python3
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install test lint format stack-up stack-down stack-status run bench images
+.PHONY: install lock test lint format stack-up stack-down stack-status run serve bench images
 
 install: $(VENV)/.installed
 
-$(VENV)/bin/python:
-	python3 -m venv $(VENV)
-
-# The stamp makes a second `make test` skip pip: it reinstalls only when pyproject.toml
-# is newer (the code itself is installed editable).
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PYTHON) -m pip install -e '.[dev]'
+$(UV): requirements-uv.txt
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements-uv.txt
 	touch $@
+
+# `--locked` refuses a uv.lock that disagrees with pyproject.toml, and the sync is exact:
+# what the lock does not hold leaves .venv. The stamp makes a second `make test` skip the
+# sync; it runs again when pyproject.toml or uv.lock changes (the code is installed
+# editable).
+$(VENV)/.installed: pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --extra dev
+	touch $@
+
+# Refresh uv.lock to today's releases, on purpose, and run the whole suite on them.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) test
 
 test: install lint
 	$(PYTHON) -m pytest -q
@@ -35,16 +53,16 @@ format: install
 # Kafka on 127.0.0.1:19092 and Redis on 127.0.0.1:16379, state in .stack/; `stack-up`
 # prints the LIVELEARN_... lines that point the settings at them.
 stack-up: install
-	$(PYTHON) -m devtools.stack up
+	$(PYTHON) -m livelearn.devtools.stack up
 
 stack-down: install
-	$(PYTHON) -m devtools.stack down
+	$(PYTHON) -m livelearn.devtools.stack down
 
 stack-status: install
-	$(PYTHON) -m devtools.stack status
+	$(PYTHON) -m livelearn.devtools.stack status
 
 run: install
-	$(PYTHON) -m cli.main demo
+	$(PYTHON) -m livelearn.cli.main demo
 
 bench: install
 	$(PYTHON) -m bench
@@ -52,4 +70,4 @@ bench: install
 # The container images docker-compose.yml uses: pulled, or built as local stand-ins where
 # no registry answers (devtools/images.py; root and debootstrap needed for the base).
 images: install
-	$(PYTHON) -m devtools.images
+	$(PYTHON) -m livelearn.devtools.images

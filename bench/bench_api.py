@@ -41,8 +41,8 @@ from kafka import KafkaProducer
 from river import datasets
 
 from bench.bench_worker import services
-from store.checkpoints import RedisCheckpointStore, ShardId
-from stream.app import ensure_topics
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.stream.app import ensure_topics
 
 TOKEN = "bench-" + uuid.uuid4().hex
 PIPELINE = [
@@ -294,7 +294,7 @@ def main() -> None:
         "LIVELEARN_SERVING__PORT": str(port),
         "LIVELEARN_SERVING__TOKENS": json.dumps([TOKEN]),
     }
-    cli = [sys.executable, "-m", "cli.main", "--config", str(config_path)]
+    cli = [sys.executable, "-m", "livelearn.cli.main", "--config", str(config_path)]
     procs: list[subprocess.Popen[bytes]] = []
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     store = RedisCheckpointStore(redis.Redis.from_url(redis_url), name)

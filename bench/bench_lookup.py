@@ -20,10 +20,10 @@ import redis
 from river import datasets
 
 from bench.bench_worker import SPECS
-from learners import Learner, ModelSpec, SnapshotCodec
-from serving import Lookup
-from settings import Settings
-from store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.learners import Learner, ModelSpec, SnapshotCodec
+from livelearn.serving import Lookup
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 
 TARGET_P99_US = 100.0
 _WARMUP = 2_000
@@ -98,7 +98,7 @@ def main() -> None:
     args, _ = parser.parse_known_args()  # `python -m bench` passes every bench's options
     redis_url = os.environ.get("LIVELEARN_REDIS__URL")
     if not redis_url:
-        from devtools import stack
+        from livelearn.devtools import stack
 
         redis_url = stack.up().redis_url
     rows = list(datasets.Phishing())

@@ -11,9 +11,9 @@ import uuid
 from kafka import KafkaConsumer
 
 from bench.bench_worker import SPECS, _events, _spec, river_loop, services, topic_with
-from learners import SnapshotCodec
-from settings import load_settings
-from stream.replay import replay_consumer_config, resolve_range, run_replay
+from livelearn.learners import SnapshotCodec
+from livelearn.settings import load_settings
+from livelearn.stream.replay import replay_consumer_config, resolve_range, run_replay
 
 
 def replay_rate(

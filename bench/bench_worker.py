@@ -21,9 +21,9 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from river import datasets
 
-from learners import ModelSpec
-from settings import KafkaSettings, load_settings
-from stream.app import build_worker, ensure_topics
+from livelearn.learners import ModelSpec
+from livelearn.settings import KafkaSettings, load_settings
+from livelearn.stream.app import build_worker, ensure_topics
 
 SPECS: dict[str, dict[str, Any]] = {
     "StandardScaler|LogisticRegression": {
@@ -60,7 +60,7 @@ def services() -> tuple[str, str]:
     bootstrap = os.environ.get("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS")
     redis_url = os.environ.get("LIVELEARN_REDIS__URL")
     if not bootstrap or not redis_url:
-        from devtools import stack
+        from livelearn.devtools import stack
 
         info = stack.up()
         bootstrap, redis_url = info.bootstrap_servers, info.redis_url

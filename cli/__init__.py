@@ -16,8 +16,8 @@ def _exit_cleanly(signum: int, frame: _FrameType | None) -> None:
     raise SystemExit(0)
 
 
-# Run as the program (``python -m cli.main``, or the ``livelearn`` script, which imports this
-# package first), a stop that comes before any command has started leaves at once and
+# Run as the program (``python -m livelearn.cli.main``, or the ``livelearn`` script, which
+# imports this package first), a stop that comes before any command has started leaves at once and
 # cleanly, with 0. Installed here, before anything else is imported; `cli.main.main` keeps
 # the same behaviour until a command installs its own handlers.
 if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith("livelearn"):

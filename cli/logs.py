@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from settings import LogSettings
+    from livelearn.settings import LogSettings
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,7 +16,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from cli.logs import setup_logging
+from livelearn.cli._settings import load as _load
+from livelearn.cli._settings import load_and_log as _settings
+from livelearn.cli.logs import setup_logging
 from livelearn.errors import (
     ConfigError,
     DeadLetterError,
@@ -28,7 +30,7 @@ from livelearn.errors import (
 )
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from livelearn.settings import Settings
 
 log = logging.getLogger("livelearn")
 
@@ -145,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--yes", action="store_true", help="delete; without it nothing is deleted")
     mx.set_defaults(func=_cmd_models_reset)
 
-    from cli import replay
+    from livelearn.cli import replay
 
     replay.register(sub)
 
@@ -161,20 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace) -> Settings:
-    from settings import load_settings
-
-    return load_settings(args.config)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = _load(args)
-    setup_logging(settings.log)
-    return settings
-
-
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from stream.app import build_worker
+    from livelearn.stream.app import build_worker
 
     settings = _settings(args)
     build_worker(settings).run()
@@ -182,7 +172,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from devtools import stack
+    from livelearn.devtools import stack
 
     if args.action == "up":
         info = stack.up(STACK_DIR)
@@ -200,15 +190,15 @@ def _cmd_stack(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from store.checkpoints import RedisCheckpointStore
-    from store.connection import connect_redis
+    from livelearn.store.checkpoints import RedisCheckpointStore
+    from livelearn.store.connection import connect_redis
 
     settings = _load(args)
     return RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from cli.models import describe_model
+    from livelearn.cli.models import describe_model
 
     store = _store(args)
     rows = [describe_model(store, m) for m in store.models()]
@@ -224,7 +214,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    from cli.models import describe_model, format_model
+    from livelearn.cli.models import describe_model, format_model
 
     desc = describe_model(_store(args), args.name)
     if not desc["shards"]:
@@ -235,9 +225,9 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def _release_store(args: argparse.Namespace) -> Any:
-    from store.checkpoints import RedisCheckpointStore
-    from store.connection import connect_redis
-    from store.releases import ReleaseStore
+    from livelearn.store.checkpoints import RedisCheckpointStore
+    from livelearn.store.connection import connect_redis
+    from livelearn.store.releases import ReleaseStore
 
     settings = _load(args)
     client = connect_redis(settings)
@@ -330,7 +320,7 @@ def _cmd_models_reset(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from devtools.produce import dataset_events, produce_events
+    from livelearn.devtools.produce import dataset_events, produce_events
 
     settings = _load(args)
     bootstrap, _ = settings.require_services()
@@ -343,9 +333,9 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from livelearn.errors import ConfigError
-    from serving.api import create_app, serve
-    from serving.lookup import Lookup
-    from serving.metrics import ServingMetrics
+    from livelearn.serving.api import create_app, serve
+    from livelearn.serving.lookup import Lookup
+    from livelearn.serving.metrics import ServingMetrics
 
     settings = _settings(args)
     if not any(t.get_secret_value().strip() for t in settings.serving.tokens):
@@ -362,8 +352,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     prediction_log = None
     topic = settings.serving.prediction_log_topic
     if topic is not None:
-        from serving.prediction_log import PredictionLog
-        from stream.app import ensure_topics
+        from livelearn.serving.prediction_log import PredictionLog
+        from livelearn.stream.app import ensure_topics
 
         bootstrap = settings.require_services()[0]
         ensure_topics(bootstrap, {topic: 1})
@@ -393,7 +383,7 @@ def _with_local_services(args: argparse.Namespace) -> Settings:
     """Settings, starting the local stack and dev keys when none are configured."""
     settings = _load(args)
     if not settings.kafka.bootstrap_servers or not settings.redis.url:
-        from devtools import stack
+        from livelearn.devtools import stack
 
         print("no Kafka/Redis configured: starting the local stack (livelearn stack up)")
         info = stack.up(STACK_DIR)
@@ -435,10 +425,10 @@ def _dev_keys() -> dict[str, str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
-    from cli.models import describe_model, format_model
-    from devtools.produce import dataset_events, produce_events
-    from stream.app import build_worker, ensure_topics
-    from stream.worker import ShardProgress, summarize
+    from livelearn.cli.models import describe_model, format_model
+    from livelearn.devtools.produce import dataset_events, produce_events
+    from livelearn.stream.app import build_worker, ensure_topics
+    from livelearn.stream.worker import ShardProgress, summarize
 
     settings = _with_local_services(args)
     settings = settings.model_copy(
@@ -512,8 +502,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     threading.Thread(target=stop_when_caught_up, name="demo-watch", daemon=True).start()
     proc.run()
     print()
-    from store.checkpoints import RedisCheckpointStore
-    from store.connection import connect_redis
+    from livelearn.store.checkpoints import RedisCheckpointStore
+    from livelearn.store.connection import connect_redis
 
     store = RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
     print(format_model(describe_model(store, spec.name)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from store.checkpoints import RedisCheckpointStore
+from livelearn.store.checkpoints import RedisCheckpointStore
 
 
 def describe_model(store: RedisCheckpointStore, model: str) -> dict[str, Any]:

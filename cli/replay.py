@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 from kafka import KafkaConsumer
 
-from learners import ModelSpec
+from livelearn.cli._settings import load_and_log
 from livelearn.errors import ConfigError
-from settings import Settings
-from stream.replay import (
+from livelearn.learners import ModelSpec
+from livelearn.settings import Settings
+from livelearn.stream.replay import (
     parse_offsets,
     parse_start,
     parse_time,
@@ -50,17 +51,16 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a replay from the parsed arguments; print where the report went."""
-    from cli.main import _settings
-    from store.checkpoints import RedisCheckpointStore
-    from store.connection import connect_redis
-    from store.releases import ReleaseStore
-    from stream.app import ensure_topics
-    from stream.dlq import dead_letter_sink, dlq_topic
+    from livelearn.store.checkpoints import RedisCheckpointStore
+    from livelearn.store.connection import connect_redis
+    from livelearn.store.releases import ReleaseStore
+    from livelearn.stream.app import ensure_topics
+    from livelearn.stream.dlq import dead_letter_sink, dlq_topic
 
-    settings = _settings(args)
+    settings = load_and_log(args)
     spec = _spec(settings, args)
     bootstrap, _ = settings.require_services()
-    from learners import SnapshotCodec
+    from livelearn.learners import SnapshotCodec
 
     key = settings.require_secret("snapshot_key")
     codec, hash_key = SnapshotCodec(key), settings.require_secret("hash_key")

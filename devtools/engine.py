@@ -3,7 +3,7 @@ only when no engine answers, and stopped only by whoever started it.
 
 The engine's PID and log are kept in ``state_dir`` (``.stack/docker/`` by default), so
 ``down`` stops the ``dockerd`` that ``up`` started and never one found running. Run
-``python -m devtools.engine up|down|status [STATE_DIR]``: ``up`` prints ``started`` or
+``python -m livelearn.devtools.engine up|down|status [STATE_DIR]``: ``up`` prints ``started`` or
 ``running``, so a caller knows whether to stop it afterwards.
 
 Needs only the standard library, so that ``.ci/run`` can use it with the system Python.
@@ -232,9 +232,11 @@ def _progress(message: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m devtools.engine up|down|status [STATE_DIR]``."""
+    """``python -m livelearn.devtools.engine up|down|status [STATE_DIR]``."""
     if len(argv) not in (1, 2) or argv[0] not in ("up", "down", "status"):
-        print("usage: python -m devtools.engine up|down|status [STATE_DIR]", file=sys.stderr)
+        print(
+            "usage: python -m livelearn.devtools.engine up|down|status [STATE_DIR]", file=sys.stderr
+        )
         return 2
     state_dir = Path(argv[1]) if len(argv) == 2 else DEFAULT_STATE_DIR
     try:

@@ -10,7 +10,7 @@ from a local ``debian:bookworm``:
 - the Python stand-in trusts the certificate authorities of the machine that builds it,
   so pip inside it reaches PyPI through the same (possibly TLS-inspecting) proxy.
 
-Run ``python -m devtools.images [--offline] [IMAGE ...]`` from the repository (no image:
+Run ``python -m livelearn.devtools.images [--offline] [IMAGE ...]`` from the repository (no image:
 all of them); ``--offline`` builds the stand-ins without trying to pull.
 """
 
@@ -171,7 +171,7 @@ def _debootstrap_base() -> None:
 
 def _stage_kafka_libs() -> None:
     """Put the broker's jars in the Kafka stand-in's build context (``libs/``)."""
-    from devtools.stack import kafka_libs
+    from livelearn.devtools.stack import kafka_libs
 
     source = kafka_libs(REPO / ".stack")
     target = OFFLINE / "kafka" / "libs"
@@ -227,7 +227,7 @@ def _progress(message: str) -> None:
 
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m devtools.images",
+        prog="python -m livelearn.devtools.images",
         description="Pull livelearn's container images, or build stand-ins where no registry "
         "answers.",
     )

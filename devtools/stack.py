@@ -14,7 +14,7 @@ Layout of ``state_dir``::
     redis/                   redis-server's working dir; redis/stdout.log its log
     kafka.pid  redis.pid  ports.json  .lock
 
-Run ``python -m devtools.stack up|down|status [STATE_DIR]`` for a shell; ``up`` prints the
+Run ``python -m livelearn.devtools.stack up|down|status [STATE_DIR]`` for a shell; ``up`` prints the
 ``NAME=value`` lines that point livelearn's settings at the stack.
 """
 
@@ -596,9 +596,11 @@ def _progress(message: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m devtools.stack up|down|status [STATE_DIR]``."""
+    """``python -m livelearn.devtools.stack up|down|status [STATE_DIR]``."""
     if len(argv) not in (1, 2) or argv[0] not in ("up", "down", "status"):
-        print("usage: python -m devtools.stack up|down|status [STATE_DIR]", file=sys.stderr)
+        print(
+            "usage: python -m livelearn.devtools.stack up|down|status [STATE_DIR]", file=sys.stderr
+        )
         return 2
     state_dir = Path(argv[1]) if len(argv) == 2 else DEFAULT_STATE_DIR
     try:

@@ -6,7 +6,7 @@ their snapshots in Redis and ``serving`` answers with them. Errors: `livelearn.e
 
 from __future__ import annotations
 
-from learners.combine import (
+from livelearn.learners.combine import (
     combine_metrics,
     combine_proba,
     combine_values,
@@ -14,12 +14,12 @@ from learners.combine import (
     partition_for_key,
     predicted_class,
 )
-from learners.fingerprint import LEARNING_FIELDS, spec_changes, spec_fingerprint
-from learners.labels import check_label
-from learners.learner import Learner, in_holdout, load_learner
-from learners.sanitize import Sanitizer
-from learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
-from learners.spec import (
+from livelearn.learners.fingerprint import LEARNING_FIELDS, spec_changes, spec_fingerprint
+from livelearn.learners.labels import check_label
+from livelearn.learners.learner import Learner, in_holdout, load_learner
+from livelearn.learners.sanitize import Sanitizer
+from livelearn.learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
+from livelearn.learners.spec import (
     CheckpointPolicy,
     ModelSpec,
     RiverRef,

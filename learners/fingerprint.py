@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-from learners.spec import ModelSpec
+from livelearn.learners.spec import ModelSpec
 
 __all__ = ["LEARNING_FIELDS", "spec_changes", "spec_fingerprint"]
 

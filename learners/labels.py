@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from learners.spec import Task
 from livelearn.errors import InvalidEvent
+from livelearn.learners.spec import Task
 
 __all__ = ["check_label"]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from river import base, compose
 
-from learners.monitor import Monitor
-from learners.snapshot import SnapshotCodec
-from learners.spec import DelayedLabels, ModelSpec
 from livelearn.errors import InvalidEvent, SnapshotRefused
+from livelearn.learners.monitor import Monitor
+from livelearn.learners.snapshot import SnapshotCodec
+from livelearn.learners.spec import DelayedLabels, ModelSpec
 
 __all__ = ["LABEL_OUTCOMES", "Learner", "in_holdout", "load_learner"]
 

@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from learners.spec import SanitizeRule
+from livelearn.learners.spec import SanitizeRule
 
 __all__ = ["Sanitizer"]
 

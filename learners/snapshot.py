@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.metadata
+import io
 import json
 import pickle
 import platform
@@ -163,7 +164,7 @@ class SnapshotCodec:
             except zlib.error as exc:
                 raise SnapshotRefused(f"payload does not decompress: {exc}") from None
         try:
-            return pickle.loads(data)
+            return _Unpickler(io.BytesIO(data)).load()
         except Exception as exc:
             raise SnapshotIncompatible(
                 f"signed snapshot made with river {header.get('river')} and python "
@@ -171,3 +172,18 @@ class SnapshotCodec:
                 f"python {platform.python_version()}): {type(exc).__name__}: {exc}",
                 SNAPSHOT_FORMAT,
             ) from exc
+
+
+# livelearn's packages were top-level modules before they moved under `livelearn`; a
+# snapshot signed then names its classes by the old paths (``learners.learner.Learner``).
+_MOVED_PACKAGES = ("learners", "settings", "store", "stream", "serving")
+
+
+class _Unpickler(pickle.Unpickler):
+    """Loads verified payloads; a class under a package's old top-level path is found under
+    ``livelearn``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.partition(".")[0] in _MOVED_PACKAGES:
+            module = f"livelearn.{module}"
+        return super().find_class(module, name)

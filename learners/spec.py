@@ -39,9 +39,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from river import base, compose
 from river import metrics as river_metrics
 
-from learners._river_names import canonical_name, resolve_class
-from learners.monitor import MonitorSpec
 from livelearn.errors import SpecError
+from livelearn.learners._river_names import canonical_name, resolve_class
+from livelearn.learners.monitor import MonitorSpec
 
 __all__ = [
     "CheckpointPolicy",

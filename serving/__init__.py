@@ -4,7 +4,7 @@ them). Its errors are `livelearn.ServingError` and its subclasses."""
 
 from __future__ import annotations
 
-from serving.lookup import Lookup, Prediction
-from serving.metrics import ServingMetrics
+from livelearn.serving.lookup import Lookup, Prediction
+from livelearn.serving.metrics import ServingMetrics
 
 __all__ = ["Lookup", "Prediction", "ServingMetrics"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from serving.metrics import RejectReason
+from livelearn.serving.metrics import RejectReason
 
 __all__ = ["BodyLimits", "RequestRefused", "decode_json", "measure", "read_body"]
 
@@ -206,8 +206,8 @@ def measure(value: Any, limits: BodyLimits) -> None:
     >>> measure({"events": [{"features": {"a": 1}}] * 3}, limits)
     Traceback (most recent call last):
     ...
-    serving._body.RequestRefused: a batch holds at most 2 events (serving.max_batch), got 3: \
-split it into smaller batches
+    livelearn.serving._body.RequestRefused: a batch holds at most 2 events (serving.max_batch), \
+got 3: split it into smaller batches
     """
     if not isinstance(value, dict):
         return

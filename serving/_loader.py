@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from learners import Learner, ModelSpec, SnapshotCodec, load_learner
 from livelearn.errors import ReleaseError, SnapshotError
-from serving._state import LoadedShard, ServedState
-from serving.metrics import ServingMetrics
-from store.checkpoints import RedisCheckpointStore, ShardId
-from store.releases import ReleaseStore
+from livelearn.learners import Learner, ModelSpec, SnapshotCodec, load_learner
+from livelearn.serving._state import LoadedShard, ServedState
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.releases import ReleaseStore
 
 __all__ = ["StateLoader"]
 

@@ -125,7 +125,10 @@ class Reloader:
             self._refresh(name, reason)
 
     def _subscribe(self) -> PubSub:
-        pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        # redis-py typed pubsub() in 8.2; before that the call is untyped.
+        pubsub: PubSub = self._client.pubsub(  # type: ignore[no-untyped-call, unused-ignore]
+            ignore_subscribe_messages=True
+        )
         pubsub.subscribe(*self._channels)
         return pubsub
 

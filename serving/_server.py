@@ -21,8 +21,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.metrics import RejectReason, ServingMetrics
-from settings import ServingSettings
+from livelearn.serving.metrics import RejectReason, ServingMetrics
+from livelearn.settings import ServingSettings
 
 __all__ = ["guarded_protocol", "serve"]
 

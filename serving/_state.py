@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from learners import (
+from livelearn.errors import ModelNotLoaded
+from livelearn.learners import (
     Learner,
     ModelSpec,
     Task,
@@ -20,8 +21,7 @@ from learners import (
     partition_for_key,
     predicted_class,
 )
-from livelearn.errors import ModelNotLoaded
-from store.checkpoints import ShardId
+from livelearn.store.checkpoints import ShardId
 
 __all__ = ["LoadedShard", "ServedState", "combine"]
 

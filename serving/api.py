@@ -59,14 +59,14 @@ from pydantic import (
 )
 
 from livelearn.errors import InvalidFeatures, ModelNotLoaded, ServingError, UnknownModel
-from serving._body import BodyLimits, RequestRefused, decode_json, measure, read_body
-from serving._server import serve
-from serving.alerts import PrometheusAlerts
-from serving.lookup import Lookup, Prediction
-from serving.metrics import ServingMetrics
-from serving.prediction_log import PredictionLog
-from serving.ui import PAGE, PAGE_POLICY, StatusBoard
-from settings import Settings
+from livelearn.serving._body import BodyLimits, RequestRefused, decode_json, measure, read_body
+from livelearn.serving._server import serve
+from livelearn.serving.alerts import PrometheusAlerts
+from livelearn.serving.lookup import Lookup, Prediction
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.serving.prediction_log import PredictionLog
+from livelearn.serving.ui import PAGE, PAGE_POLICY, StatusBoard
+from livelearn.settings import Settings
 
 __all__ = ["create_app", "serve"]
 

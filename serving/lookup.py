@@ -38,16 +38,16 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from learners import ModelSpec, Sanitizer, SnapshotCodec, Task, combine_metrics
 from livelearn.errors import ConfigError, InvalidFeatures, UnknownModel
-from serving._features import check_batch, check_features
-from serving._loader import StateLoader
-from serving._reloader import RedisContact, Reloader, ReloadReason
-from serving._state import ServedState, combine
-from serving.metrics import ServingMetrics
-from settings import Settings
-from store.checkpoints import RedisCheckpointStore
-from store.releases import ReleaseStore
+from livelearn.learners import ModelSpec, Sanitizer, SnapshotCodec, Task, combine_metrics
+from livelearn.serving._features import check_batch, check_features
+from livelearn.serving._loader import StateLoader
+from livelearn.serving._reloader import RedisContact, Reloader, ReloadReason
+from livelearn.serving._state import ServedState, combine
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import RedisCheckpointStore
+from livelearn.store.releases import ReleaseStore
 
 __all__ = ["Lookup", "Prediction"]
 
@@ -408,6 +408,6 @@ class Lookup:
 
 
 def _client_from(settings: Settings) -> redis.Redis:
-    from store.connection import redis_client
+    from livelearn.store.connection import redis_client
 
     return redis_client(settings, retry=_CLIENT_RETRY)

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from learners import combine_metrics
-from serving.alerts import AlertsView, FiringAlert
+from livelearn.learners import combine_metrics
+from livelearn.serving.alerts import AlertsView, FiringAlert
 
 __all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
 

@@ -21,8 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from learners import ModelSpec
 from livelearn.errors import ConfigError
+from livelearn.learners import ModelSpec
 
 DEFAULT_CONFIG = Path("config/livelearn.yaml")
 ENV_PREFIX = "LIVELEARN_"

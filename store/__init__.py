@@ -10,9 +10,9 @@ It imports neither `stream` nor `serving`; both import it.
 
 from __future__ import annotations
 
-from store.checkpoints import Checkpoint, CheckpointStore, RedisCheckpointStore, ShardId
-from store.connection import connect_redis, redis_client
-from store.releases import ReleaseStore
+from livelearn.store.checkpoints import Checkpoint, CheckpointStore, RedisCheckpointStore, ShardId
+from livelearn.store.connection import connect_redis, redis_client
+from livelearn.store.releases import ReleaseStore
 
 __all__ = [
     "Checkpoint",

@@ -8,7 +8,7 @@ import redis
 from redis.retry import Retry
 
 from livelearn.errors import ServiceUnavailable
-from settings import Settings
+from livelearn.settings import Settings
 
 __all__ = ["connect_redis", "redis_client"]
 

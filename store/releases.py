@@ -28,7 +28,7 @@ from typing import Any, Literal
 import redis
 
 from livelearn.errors import ReleaseError
-from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
+from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 
 ReleaseSource = Literal["live", "replay"]
 

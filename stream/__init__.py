@@ -20,10 +20,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stream.decode import Event, EventDecoder
-    from stream.worker import Worker
+    from livelearn.stream.decode import Event, EventDecoder
+    from livelearn.stream.worker import Worker
 
-_LAZY = {"Event": "stream.decode", "EventDecoder": "stream.decode", "Worker": "stream.worker"}
+_LAZY = {
+    "Event": "livelearn.stream.decode",
+    "EventDecoder": "livelearn.stream.decode",
+    "Worker": "livelearn.stream.worker",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,18 +19,18 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from learners import SnapshotCodec
 from livelearn.errors import ServiceUnavailable
-from settings import Settings
-from store.checkpoints import RedisCheckpointStore
-from store.connection import redis_client
-from stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
-from stream.fetcher import LocalConsumer, ProcessConsumer
-from stream.health import HealthServer
-from stream.label_router import LabelRouter, label_routes
-from stream.metrics import WorkerMetrics
-from stream.outage import Backoff
-from stream.worker import Consumer, ShardProgress, Worker
+from livelearn.learners import SnapshotCodec
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import RedisCheckpointStore
+from livelearn.store.connection import redis_client
+from livelearn.stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
+from livelearn.stream.fetcher import LocalConsumer, ProcessConsumer
+from livelearn.stream.health import HealthServer
+from livelearn.stream.label_router import LabelRouter, label_routes
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.outage import Backoff
+from livelearn.stream.worker import Consumer, ShardProgress, Worker
 
 log = logging.getLogger("livelearn.app")
 

@@ -23,7 +23,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from livelearn.errors import InvalidEvent
-from settings import EventSettings
+from livelearn.settings import EventSettings
 
 InvalidReason = Literal[
     "too_large",

@@ -38,8 +38,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from livelearn.errors import ConfigError, DeadLetterError, InvalidEvent
-from settings import Settings
-from stream.fetcher import KafkaRecord
+from livelearn.settings import Settings
+from livelearn.stream.fetcher import KafkaRecord
 
 log = logging.getLogger("livelearn.dlq")
 

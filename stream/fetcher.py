@@ -416,7 +416,7 @@ class _Gone(Exception):
     """The worker process closed the pipe."""
 
 
-_CHILD = "import sys; from stream.fetcher import serve; serve(int(sys.argv[1]))"
+_CHILD = "import sys; from livelearn.stream.fetcher import serve; serve(int(sys.argv[1]))"
 
 
 def serve(fd: int) -> None:

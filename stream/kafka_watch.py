@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from livelearn.errors import ServiceUnavailable
-from settings import KafkaSettings, OutageSettings
-from stream.fetcher import KafkaStatus
-from stream.outage import Outage
+from livelearn.settings import KafkaSettings, OutageSettings
+from livelearn.stream.fetcher import KafkaStatus
+from livelearn.stream.outage import Outage
 
 __all__ = ["KafkaWatch"]
 

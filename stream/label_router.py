@@ -32,14 +32,14 @@ from typing import Any, Protocol
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from learners import ModelSpec
 from livelearn.errors import InvalidEvent
-from settings import Settings
-from stream.decode import EventDecoder
-from stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
-from stream.fetcher import KafkaRecord, read_status
-from stream.metrics import WorkerMetrics
-from stream.outage import Backoff
+from livelearn.learners import ModelSpec
+from livelearn.settings import Settings
+from livelearn.stream.decode import EventDecoder
+from livelearn.stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
+from livelearn.stream.fetcher import KafkaRecord, read_status
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.outage import Backoff
 
 log = logging.getLogger("livelearn.labels")
 

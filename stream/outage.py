@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from livelearn.errors import ServiceUnavailable
-from settings import OutageSettings
+from livelearn.settings import OutageSettings
 
 __all__ = ["Backoff", "Outage"]
 

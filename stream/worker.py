@@ -22,7 +22,14 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaError
 from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp
 
-from learners import (
+from livelearn.errors import (
+    DeadLetterError,
+    InvalidEvent,
+    ServiceUnavailable,
+    SnapshotError,
+    StaleEpochError,
+)
+from livelearn.learners import (
     Learner,
     ModelSpec,
     Sanitizer,
@@ -36,22 +43,15 @@ from learners import (
     spec_changes,
     spec_fingerprint,
 )
-from learners.monitor import SIGNALS
-from livelearn.errors import (
-    DeadLetterError,
-    InvalidEvent,
-    ServiceUnavailable,
-    SnapshotError,
-    StaleEpochError,
-)
-from settings import Settings
-from store.checkpoints import Checkpoint, CheckpointStore, ShardId
-from stream.decode import Event, EventDecoder
-from stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
-from stream.fetcher import KafkaRecord, KafkaStatus
-from stream.kafka_watch import KafkaWatch
-from stream.metrics import WorkerMetrics
-from stream.outage import Backoff, Outage
+from livelearn.learners.monitor import SIGNALS
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import Checkpoint, CheckpointStore, ShardId
+from livelearn.stream.decode import Event, EventDecoder
+from livelearn.stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
+from livelearn.stream.fetcher import KafkaRecord, KafkaStatus
+from livelearn.stream.kafka_watch import KafkaWatch
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.outage import Backoff, Outage
 
 log = logging.getLogger("livelearn.worker")
 

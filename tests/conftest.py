@@ -29,7 +29,7 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 
-from devtools import engine, images
+from livelearn.devtools import engine, images
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIR = REPO / ".stack"
@@ -109,7 +109,7 @@ def services(docker_engine: DockerEngine) -> Iterator[Services]:
         with ExitStack() as stack:
             yield _start_containers(stack)
     else:
-        from devtools import stack
+        from livelearn.devtools import stack
 
         was_running = stack.status(STACK_DIR)
         info = stack.up(STACK_DIR)

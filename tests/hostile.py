@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stream.decode import INVALID_REASONS
+from livelearn.stream.decode import INVALID_REASONS
 
 # Every reason the README documents for a dead letter.
 DOCUMENTED_REASONS = frozenset(INVALID_REASONS) | {"bad_label", "model_error", "decode_error"}

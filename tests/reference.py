@@ -26,7 +26,7 @@ from typing import Any
 from river import metrics as river_metrics
 from river import utils
 
-from learners import ModelSpec
+from livelearn.learners import ModelSpec
 
 
 def label_fits(task: str, label: Any) -> bool:

@@ -18,17 +18,17 @@ Its parts, in the order a replay uses them:
 
 from __future__ import annotations
 
-from stream.replay._plot import plot_report
-from stream.replay._range import (
+from livelearn.stream.replay._plot import plot_report
+from livelearn.stream.replay._range import (
     ReplayRange,
     parse_offsets,
     parse_time,
     replay_consumer_config,
     resolve_range,
 )
-from stream.replay._report import write_report
-from stream.replay._runner import ReplayResult, publish, run_replay
-from stream.replay._start import StartFrom, parse_start
+from livelearn.stream.replay._report import write_report
+from livelearn.stream.replay._runner import ReplayResult, publish, run_replay
+from livelearn.stream.replay._start import StartFrom, parse_start
 
 __all__ = [
     "ReplayRange",

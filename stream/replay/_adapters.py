@@ -13,10 +13,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp
 
 from livelearn.errors import StaleEpochError
-from store.checkpoints import Checkpoint, ShardId
-from stream.dlq import DeadLetterSink
-from stream.fetcher import KafkaRecord
-from stream.replay._range import ReplayRange
+from livelearn.store.checkpoints import Checkpoint, ShardId
+from livelearn.stream.dlq import DeadLetterSink
+from livelearn.stream.fetcher import KafkaRecord
+from livelearn.stream.replay._range import ReplayRange
 
 
 class ReplaySource:

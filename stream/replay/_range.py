@@ -10,8 +10,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from livelearn.errors import ConfigError, InvalidEvent
-from settings import Settings
-from stream.decode import parse_timestamp
+from livelearn.settings import Settings
+from livelearn.stream.decode import parse_timestamp
 
 
 @dataclass(frozen=True)

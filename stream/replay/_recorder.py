@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from livelearn.errors import InvalidEvent
-from store.checkpoints import ShardId
-from stream.fetcher import KafkaRecord
-from stream.worker import Partition
+from livelearn.store.checkpoints import ShardId
+from livelearn.stream.fetcher import KafkaRecord
+from livelearn.stream.worker import Partition
 
 log = logging.getLogger("livelearn.replay")
 

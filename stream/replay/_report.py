@@ -9,13 +9,13 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from learners import ModelSpec, combine_metrics
-from store.checkpoints import Checkpoint, ShardId
-from stream.replay._adapters import InvalidEvents
-from stream.replay._plot import plot_report
-from stream.replay._range import ReplayRange
-from stream.replay._recorder import Recorder
-from stream.replay._start import StartFrom
+from livelearn.learners import ModelSpec, combine_metrics
+from livelearn.store.checkpoints import Checkpoint, ShardId
+from livelearn.stream.replay._adapters import InvalidEvents
+from livelearn.stream.replay._plot import plot_report
+from livelearn.stream.replay._range import ReplayRange
+from livelearn.stream.replay._recorder import Recorder
+from livelearn.stream.replay._start import StartFrom
 
 # The live model scored beside the replayed one runs under its name plus this suffix.
 COMPARE_SUFFIX = "--live"

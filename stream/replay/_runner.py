@@ -12,19 +12,25 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from learners import ModelSpec, SnapshotCodec, load_learner, spec_changes, spec_fingerprint
 from livelearn.errors import ConfigError
-from settings import Settings
-from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
-from store.releases import ReleaseStore
-from stream.dlq import DeadLetterSink
-from stream.metrics import WorkerMetrics
-from stream.replay._adapters import InvalidEvents, MemoryStore, ReplaySource
-from stream.replay._range import ReplayRange
-from stream.replay._recorder import Recorder
-from stream.replay._report import COMPARE_SUFFIX, build_report
-from stream.replay._start import StartFrom, fresh_metrics, initial_state
-from stream.worker import Worker
+from livelearn.learners import (
+    ModelSpec,
+    SnapshotCodec,
+    load_learner,
+    spec_changes,
+    spec_fingerprint,
+)
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
+from livelearn.store.releases import ReleaseStore
+from livelearn.stream.dlq import DeadLetterSink
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.replay._adapters import InvalidEvents, MemoryStore, ReplaySource
+from livelearn.stream.replay._range import ReplayRange
+from livelearn.stream.replay._recorder import Recorder
+from livelearn.stream.replay._report import COMPARE_SUFFIX, build_report
+from livelearn.stream.replay._start import StartFrom, fresh_metrics, initial_state
+from livelearn.stream.worker import Worker
 
 # Replays write one checkpoint, at the end: a cadence this long never triggers.
 _NEVER = {"every_events": 2**62, "every_seconds": 1e12}

@@ -6,11 +6,11 @@ import logging
 import time
 from typing import Literal
 
-from learners import ModelSpec, SnapshotCodec, load_learner
 from livelearn.errors import ConfigError
-from store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
-from store.releases import ReleaseStore
-from stream.replay._range import ReplayRange
+from livelearn.learners import ModelSpec, SnapshotCodec, load_learner
+from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
+from livelearn.store.releases import ReleaseStore
+from livelearn.stream.replay._range import ReplayRange
 
 log = logging.getLogger("livelearn.replay")
 

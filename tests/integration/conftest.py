@@ -21,8 +21,8 @@ import redis
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learners import Learner, SnapshotCodec
-from store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.learners import Learner, SnapshotCodec
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 
 SNAPSHOT_KEY = "integration-snapshot-key-0123456789"
 API_TOKEN = "t0k3n-integration-0123456789"
@@ -176,7 +176,14 @@ class Deployment:
         """``livelearn --config <this config> <command>``, its output going to ``log_path``."""
         with log_path.open("wb") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "--config", str(self.config_path), command],
+                [
+                    sys.executable,
+                    "-m",
+                    "livelearn.cli.main",
+                    "--config",
+                    str(self.config_path),
+                    command,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

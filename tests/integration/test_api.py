@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-from learners import Learner, ModelSpec
+from livelearn.learners import Learner, ModelSpec
 from tests.integration.conftest import (
     Deployment,
     ServerHandle,

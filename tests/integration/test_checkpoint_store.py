@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from livelearn import ServiceUnavailable, StaleEpochError
-from store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
-from devtools import images
+from livelearn.devtools import images
 from tests.conftest import REPO, DockerEngine
 from tests.integration.conftest import encode, free_port, phishing_events, produce, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 from livelearn import DeadLetterError
-from stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
+from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
 from tests.integration.conftest import free_port, read_all
 
 MIB = 1024 * 1024

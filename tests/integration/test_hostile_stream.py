@@ -25,8 +25,8 @@ import pytest
 import redis
 import yaml
 
-from learners import ModelSpec
-from stream.dlq import dedup_key, read_headers
+from livelearn.learners import ModelSpec
+from livelearn.stream.dlq import dedup_key, read_headers
 from tests.hostile import DOCUMENTED_REASONS, hostile_kinds, render_valid
 from tests.integration.conftest import (
     Deployment,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from devtools import stack
+from livelearn.devtools import stack
 from tests.integration.conftest import (
     Deployment,
     WorkerHandle,

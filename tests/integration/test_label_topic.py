@@ -19,8 +19,8 @@ import pytest
 from kafka import KafkaProducer
 from river import datasets
 
-from stream.dlq import read_headers
-from stream.label_router import SOURCE_HEADER
+from livelearn.stream.dlq import read_headers
+from livelearn.stream.label_router import SOURCE_HEADER
 from tests.integration.conftest import read_all, wait_for
 from tests.integration.test_late_labels_live import _rivers_loop
 from tests.integration.test_replay import _replay_argv

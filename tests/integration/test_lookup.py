@@ -21,13 +21,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 from river import datasets
 
-from cli.main import main
-from learners import Learner, ModelSpec, SnapshotCodec, partition_for_key, predicted_class
 from livelearn import InvalidFeatures, ModelNotLoaded, UnknownModel
-from serving import Lookup, ServingMetrics
-from settings import Settings, load_settings
-from store.checkpoints import RedisCheckpointStore, ShardId
-from store.releases import ReleaseStore
+from livelearn.cli.main import main
+from livelearn.learners import Learner, ModelSpec, SnapshotCodec, partition_for_key, predicted_class
+from livelearn.serving import Lookup, ServingMetrics
+from livelearn.settings import Settings, load_settings
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.releases import ReleaseStore
 from tests.integration.conftest import (
     HASH_KEY,
     LOGREG_PIPELINE,
@@ -306,7 +306,7 @@ def test_features_are_sanitized_as_in_training(bench: Callable[..., Bench]) -> N
         ],
         sanitize=[{"field": "email", "action": "hash"}, {"field": "name", "action": "drop"}],
     )
-    from learners import Sanitizer
+    from livelearn.learners import Sanitizer
 
     sanitizer = Sanitizer(b.spec.sanitize, HASH_KEY.encode())
     learner = Learner(b.spec)
@@ -566,7 +566,7 @@ def test_a_tampered_release_is_refused(
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "--config", str(config), "models", *args],
+        [sys.executable, "-m", "livelearn.cli.main", "--config", str(config), "models", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,10 +9,10 @@ import pytest
 import redis
 import yaml
 
-from cli.main import main
 from livelearn import StaleEpochError
-from store.checkpoints import RedisCheckpointStore, ShardId
-from store.releases import ReleaseStore
+from livelearn.cli.main import main
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.releases import ReleaseStore
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ import redis
 import yaml
 from kafka import KafkaProducer
 
-from store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from tests.integration.conftest import (
     Deployment,
     WorkerHandle,

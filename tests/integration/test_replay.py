@@ -15,9 +15,9 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learners import SnapshotCodec, load_learner
-from settings import load_settings
-from stream.replay import parse_offsets, resolve_range, run_replay
+from livelearn.learners import SnapshotCodec, load_learner
+from livelearn.settings import load_settings
+from livelearn.stream.replay import parse_offsets, resolve_range, run_replay
 from tests.integration.conftest import (
     HASH_KEY,
     SNAPSHOT_KEY,
@@ -55,7 +55,7 @@ def _replay(dep: Deployment, **kwargs: Any) -> Any:
 
 def _replay_argv(dep: Deployment, *args: str) -> list[str]:
     """``livelearn replay`` of the deployment's model, with ``args``."""
-    cli = [sys.executable, "-m", "cli.main", "--config", str(dep.config_path)]
+    cli = [sys.executable, "-m", "livelearn.cli.main", "--config", str(dep.config_path)]
     return [*cli, "replay", dep.model, *args]
 
 
@@ -169,7 +169,7 @@ def test_the_report_json_and_png_match_the_replayed_model(make_topic, deploy) ->
     assert len(report["replayed"]["series"]) >= 50
     # The published candidate release holds the replayed model; live shards are untouched.
     number = report["published_release"]
-    from store.releases import ReleaseStore
+    from livelearn.store.releases import ReleaseStore
 
     releases = ReleaseStore(dep.store._r, dep.store, SNAPSHOT_KEY.encode(), f"ll-{dep.model}")
     release = releases.get(dep.model, number)
@@ -294,7 +294,7 @@ def test_start_from_a_release_and_send_invalid_events_to_the_dlq(make_topic, dep
     whole = _replay(dep)
     (final,) = whole.final.values()
     assert load_learner(dep.codec, final.blob).stats()["events_learned"] == 300
-    from stream.dlq import read_headers
+    from livelearn.stream.dlq import read_headers
     from tests.integration.conftest import read_all
 
     (dead,) = read_all(dep.bootstrap, f"{dep.topic}.dlq")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from river import linear_model, metrics, optim, preprocessing
 
-from store.checkpoints import ShardId
+from livelearn.store.checkpoints import ShardId
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
     encode,

@@ -12,7 +12,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from devtools import stack
+from livelearn.devtools import stack
 from tests.integration.conftest import free_port
 
 if TYPE_CHECKING:

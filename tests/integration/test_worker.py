@@ -16,9 +16,9 @@ import orjson
 import pytest
 from river import evaluate, metrics
 
-from learners import ModelSpec, Sanitizer, SanitizeRule
 from livelearn import SnapshotRefused
-from stream.dlq import read_headers
+from livelearn.learners import ModelSpec, Sanitizer, SanitizeRule
+from livelearn.stream.dlq import read_headers
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
     WorkerHandle,
@@ -110,7 +110,7 @@ def _fetch_processes(worker_pid: int) -> list[_Process]:
             continue
         for pid in pids:
             try:
-                if b"stream.fetcher" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if b"livelearn.stream.fetcher" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(_Process(pid, _state_and_start(pid)[1]))
             except OSError:  # the child has exited
                 continue
@@ -321,7 +321,7 @@ def test_config_errors_stop_startup_naming_the_setting(tmp_path, model, needle) 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"models": [spec]}))
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--config", str(path), "worker"],
+        [sys.executable, "-m", "livelearn.cli.main", "--config", str(path), "worker"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -368,6 +368,19 @@ def test_sensitive_fields_never_reach_the_model_the_store_or_the_log(make_topic,
     assert dep.learner().stats()["events_learned"] == 200
 
 
+def _models_command(dep: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """``livelearn models ARGS`` on the deployment's settings; fails the test on an error."""
+    config = str(dep.config_path)
+    return subprocess.run(
+        [sys.executable, "-m", "livelearn.cli.main", "--config", config, "models", *args],
+        env=dep.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
 def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
     topic = make_topic(partitions=2)
     dep = deploy(topic)
@@ -380,24 +393,7 @@ def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
         context=worker.tail,
     )
     assert worker.terminate() == 0
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "--config",
-            str(dep.config_path),
-            "models",
-            "show",
-            dep.model,
-            "--json",
-        ],
-        env=dep.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = _models_command(dep, "show", dep.model, "--json")
     desc = json.loads(out.stdout)
     assert desc["model"] == dep.model and desc["events_learned"] == 100
     assert [(s["topic"], s["partition"], s["next_offset"]) for s in desc["shards"]] == [
@@ -417,14 +413,7 @@ def test_models_show_json_lists_every_shard(make_topic, deploy) -> None:
         "version",
     }
     assert 0 <= shard["metrics"]["Accuracy"] <= 1 and shard["snapshot_bytes"] > 0
-    listed = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--config", str(dep.config_path), "models", "list"],
-        env=dep.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    listed = _models_command(dep, "list")
     assert f"{dep.model}: 2 shard(s), 100 learned" in listed.stdout
 
 

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from livelearn.errors import InvalidFeatures, ModelNotLoaded, UnknownModel
-from serving.api import _JSONResponse, create_app
-from serving.lookup import Prediction
-from serving.metrics import ServingMetrics
-from settings import Settings
+from livelearn.serving.api import _JSONResponse, create_app
+from livelearn.serving.lookup import Prediction
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.settings import Settings
 
 TOKEN = "t0k3n-unit-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-import cli.main
 from livelearn import DeadLetterError, SnapshotRefused, StaleEpochError
+from livelearn.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,20 +50,20 @@ def test_a_bad_setting_exits_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(tmp_path, kafka={"auto_offset_reset": "sometimes"})
-    assert cli.main.main(["--config", config, "models", "list"]) == cli.main.EXIT_BAD_SETTINGS == 2
+    assert cli_main.main(["--config", config, "models", "list"]) == cli_main.EXIT_BAD_SETTINGS == 2
     assert "kafka.auto_offset_reset" in capsys.readouterr().err
 
 
 def test_a_missing_config_file_exits_2(tmp_path: Path) -> None:
-    assert cli.main.main(["--config", str(tmp_path / "none.yaml"), "models", "list"]) == 2
+    assert cli_main.main(["--config", str(tmp_path / "none.yaml"), "models", "list"]) == 2
 
 
 def test_redis_that_does_not_answer_exits_69(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(tmp_path, redis={"url": f"redis://127.0.0.1:{_closed_port()}/0"})
-    assert cli.main.main(["--config", config, "models", "list"]) == cli.main.EXIT_UNAVAILABLE
-    assert cli.main.EXIT_UNAVAILABLE == 69
+    assert cli_main.main(["--config", config, "models", "list"]) == cli_main.EXIT_UNAVAILABLE
+    assert cli_main.EXIT_UNAVAILABLE == 69
     assert "does not answer" in capsys.readouterr().err
 
 
@@ -71,8 +71,8 @@ def test_an_undeliverable_dead_letter_exits_69(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lost = DeadLetterError([("payments", 0, 7)], ["KafkaTimeoutError"])
-    monkeypatch.setattr(cli.main, "_cmd_stack", _raising(lost))
-    assert cli.main.main(["stack", "status"]) == cli.main.EXIT_UNAVAILABLE
+    monkeypatch.setattr(cli_main, "_cmd_stack", _raising(lost))
+    assert cli_main.main(["stack", "status"]) == cli_main.EXIT_UNAVAILABLE
     assert "not delivered" in capsys.readouterr().err
 
 
@@ -80,18 +80,18 @@ def test_a_dead_letter_setting_out_of_range_exits_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(tmp_path, dead_letters={"max_request_size": 1000})
-    assert cli.main.main(["--config", config, "models", "list"]) == cli.main.EXIT_BAD_SETTINGS
+    assert cli_main.main(["--config", config, "models", "list"]) == cli_main.EXIT_BAD_SETTINGS
     assert "dead_letters.max_request_size" in capsys.readouterr().err
 
 
 def test_nothing_to_show_exits_3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(cli.main, "STACK_DIR", tmp_path)
-    assert cli.main.main(["stack", "status"]) == cli.main.EXIT_NOT_FOUND == 3
+    monkeypatch.setattr(cli_main, "STACK_DIR", tmp_path)
+    assert cli_main.main(["stack", "status"]) == cli_main.EXIT_NOT_FOUND == 3
 
 
 def test_an_unusable_snapshot_exits_65(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.main, "_cmd_stack", _raising(SnapshotRefused("bad signature")))
-    assert cli.main.main(["stack", "status"]) == cli.main.EXIT_BAD_DATA == 65
+    monkeypatch.setattr(cli_main, "_cmd_stack", _raising(SnapshotRefused("bad signature")))
+    assert cli_main.main(["stack", "status"]) == cli_main.EXIT_BAD_DATA == 65
 
 
 @pytest.mark.parametrize(
@@ -100,14 +100,14 @@ def test_an_unusable_snapshot_exits_65(monkeypatch: pytest.MonkeyPatch) -> None:
     ids=["a-bug", "an-error-not-expected-here"],
 )
 def test_anything_else_propagates(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    monkeypatch.setattr(cli.main, "_cmd_stack", _raising(error))
+    monkeypatch.setattr(cli_main, "_cmd_stack", _raising(error))
     with pytest.raises(type(error)):
-        cli.main.main(["stack", "status"])
+        cli_main.main(["stack", "status"])
 
 
 def test_a_bug_exits_1_with_its_traceback() -> None:
     script = (
-        "import sys, cli.main as m\n"
+        "import sys, livelearn.cli.main as m\n"
         "def boom(args): raise RuntimeError('a bug')\n"
         "m._cmd_stack = boom\n"
         "sys.exit(m.main(['stack', 'status']))\n"

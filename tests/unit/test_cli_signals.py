@@ -24,7 +24,7 @@ def test_sigterm_as_soon_as_python_runs_our_code_exits_zero(tmp_path: Path) -> N
     config.write_text("models: []\n")
     launched = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--config", str(config), "worker"],
+        [sys.executable, "-m", "livelearn.cli.main", "--config", str(config), "worker"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -7,7 +7,13 @@ import random
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
-from learners import combine_proba, combine_values, murmur2, partition_for_key, predicted_class
+from livelearn.learners import (
+    combine_proba,
+    combine_values,
+    murmur2,
+    partition_for_key,
+    predicted_class,
+)
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2 (signed Java ints).
 JAVA_MURMUR2 = [

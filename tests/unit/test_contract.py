@@ -13,7 +13,7 @@ import pytest
 import yaml
 from river import datasets
 
-from learners import Learner, ModelSpec, Sanitizer, SnapshotCodec
+from livelearn.learners import Learner, ModelSpec, Sanitizer, SnapshotCodec
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "config" / "models"
 SPEC_FILES = sorted(SPEC_DIR.glob("*.yaml"))

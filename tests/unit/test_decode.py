@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from livelearn import InvalidEvent
-from settings import EventSettings
-from stream import EventDecoder
+from livelearn.settings import EventSettings
+from livelearn.stream import EventDecoder
 
 
 @pytest.fixture

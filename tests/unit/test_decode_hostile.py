@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from livelearn import InvalidEvent
-from settings import EventSettings
-from stream import EventDecoder
+from livelearn.settings import EventSettings
+from livelearn.stream import EventDecoder
 
 NOW_S = 1_795_687_200.0  # 2026-11-26T10:00:00Z
 NOW_MS = int(NOW_S * 1000)

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from livelearn import InvalidEvent
-from settings import EventSettings
-from stream import EventDecoder
-from stream.decode import INVALID_REASONS
+from livelearn.settings import EventSettings
+from livelearn.stream import EventDecoder
+from livelearn.stream.decode import INVALID_REASONS
 
 MAX_BYTES = 4096
 NOW_S = 1_795_687_200.0

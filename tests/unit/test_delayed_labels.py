@@ -12,7 +12,8 @@ import orjson
 import pytest
 from river import datasets, linear_model, metrics, optim, preprocessing
 
-from learners import (
+from livelearn.errors import InvalidEvent
+from livelearn.learners import (
     Learner,
     ModelSpec,
     SnapshotCodec,
@@ -20,7 +21,6 @@ from learners import (
     spec_changes,
     spec_fingerprint,
 )
-from livelearn.errors import InvalidEvent
 from tests.unit.test_worker_loop import FakeStore
 
 PIPELINE = [
@@ -191,9 +191,9 @@ class _RecordingStore(FakeStore):
 
 
 def _late_worker(store: Any) -> tuple[Any, Any, Any]:
-    from settings import Settings
-    from stream.metrics import WorkerMetrics
-    from stream.worker import Worker
+    from livelearn.settings import Settings
+    from livelearn.stream.metrics import WorkerMetrics
+    from livelearn.stream.worker import Worker
     from tests.unit.test_worker_loop import FakeConsumer, FakeDlq
 
     late = _spec().model_dump(by_alias=True, exclude_none=True)
@@ -212,7 +212,7 @@ def _late_worker(store: Any) -> tuple[Any, Any, Any]:
 
 @pytest.mark.parametrize("crash_after", [None, 2, 5], ids=["no-crash", "crash-2", "crash-5"])
 def test_the_worker_joins_late_labels_exactly_once_across_a_crash(crash_after: int | None) -> None:
-    from store.checkpoints import ShardId
+    from livelearn.store.checkpoints import ShardId
     from tests.unit.test_worker_loop import _run
 
     timeline = _timeline(500, seed=3)

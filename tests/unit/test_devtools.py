@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools import engine, images
+from livelearn.devtools import engine, images
 from tests.conftest import KAFKA_IMAGE, REDIS_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]

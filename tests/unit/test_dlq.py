@@ -16,7 +16,7 @@ from kafka.errors import (
 )
 
 from livelearn import ConfigError, DeadLetterError, LivelearnError
-from stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
+from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
 
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0)
 MIB = 1024 * 1024
@@ -192,7 +192,7 @@ def test_a_send_that_raises_is_retried_by_flush() -> None:
 
 def test_flush_waits_between_attempts_as_the_policy_says(monkeypatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("stream.dlq.time.sleep", waits.append)
+    monkeypatch.setattr("livelearn.stream.dlq.time.sleep", waits.append)
     sink, _ = _sink(lambda n, r: FakeFuture(NotEnoughReplicasError("no")), retry=RetryPolicy())
     _send(sink, 1)
     with pytest.raises(DeadLetterError):

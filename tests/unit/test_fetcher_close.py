@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from stream import fetcher
-from stream.fetcher import CLOSE_TIMEOUT_S, ProcessConsumer
+from livelearn.stream import fetcher
+from livelearn.stream.fetcher import CLOSE_TIMEOUT_S, ProcessConsumer
 
 FAKE_CHILD = (
     "import sys, stream.fetcher as f, tests.unit.test_fetcher_close as t; "

@@ -6,7 +6,7 @@ import math
 
 from river import datasets, linear_model, metrics, optim, preprocessing
 
-from learners import Learner, in_holdout, spec_changes
+from livelearn.learners import Learner, in_holdout, spec_changes
 from tests.unit.test_delayed_labels import _spec
 
 
@@ -44,11 +44,11 @@ def test_a_holdout_is_scored_never_learned_and_its_gap_is_signed() -> None:
 def test_the_worker_keeps_the_holdout_out_of_learning_and_exports_its_gap() -> None:
     import orjson
 
-    from learners import SnapshotCodec, load_learner
-    from settings import Settings
-    from store.checkpoints import ShardId
-    from stream.metrics import WorkerMetrics
-    from stream.worker import Worker
+    from livelearn.learners import SnapshotCodec, load_learner
+    from livelearn.settings import Settings
+    from livelearn.store.checkpoints import ShardId
+    from livelearn.stream.metrics import WorkerMetrics
+    from livelearn.stream.worker import Worker
     from tests.unit.test_worker_loop import FakeConsumer, FakeDlq, FakeStore, Record, _run
 
     spec = _spec().model_dump(by_alias=True, exclude_none=True)

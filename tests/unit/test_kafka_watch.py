@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from livelearn.errors import ServiceUnavailable
-from settings import KafkaSettings, OutageSettings
-from stream.fetcher import KafkaStatus
-from stream.kafka_watch import KafkaWatch
+from livelearn.settings import KafkaSettings, OutageSettings
+from livelearn.stream.fetcher import KafkaStatus
+from livelearn.stream.kafka_watch import KafkaWatch
 
 STALL, TIMEOUT = 10.0, 30.0
 

@@ -12,11 +12,11 @@ import orjson
 import pytest
 from kafka import TopicPartition
 
-from learners import ModelSpec, spec_fingerprint
 from livelearn.errors import DeadLetterError, SpecError
-from settings import Settings
-from stream.label_router import SOURCE_HEADER, LabelRouter, label_routes
-from stream.metrics import WorkerMetrics
+from livelearn.learners import ModelSpec, spec_fingerprint
+from livelearn.settings import Settings
+from livelearn.stream.label_router import SOURCE_HEADER, LabelRouter, label_routes
+from livelearn.stream.metrics import WorkerMetrics
 from tests.unit.test_worker_loop import FakeDlq, Record
 
 PIPELINE = [{"class": "linear_model.LogisticRegression"}]

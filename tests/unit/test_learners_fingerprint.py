@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from learners import LEARNING_FIELDS, ModelSpec, spec_changes, spec_fingerprint
+from livelearn.learners import LEARNING_FIELDS, ModelSpec, spec_changes, spec_fingerprint
 
 BASE: dict[str, Any] = {
     "name": "m",

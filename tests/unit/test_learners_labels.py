@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from learners import check_label
 from livelearn import InvalidEvent
+from livelearn.learners import check_label
 
 CASES = [
     ("binary", True, True),

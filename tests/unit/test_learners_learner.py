@@ -22,7 +22,7 @@ from river import (
     utils,
 )
 
-from learners import Learner, ModelSpec
+from livelearn.learners import Learner, ModelSpec
 
 MakeSpec = Callable[..., ModelSpec]
 

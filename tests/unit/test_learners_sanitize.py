@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from learners import Sanitizer, SanitizeRule
+from livelearn.learners import Sanitizer, SanitizeRule
 
 KEY = b"test-key"
 MakeSanitizer = Callable[..., Sanitizer]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import pickle
 import platform
 import struct
 import sys
@@ -13,8 +14,8 @@ from typing import Any
 import pytest
 import river
 
-from learners import SNAPSHOT_FORMAT, SnapshotCodec
 from livelearn import SnapshotError, SnapshotIncompatible, SnapshotRefused
+from livelearn.learners import SNAPSHOT_FORMAT, SnapshotCodec
 
 KEY = b"snapshot-test-key"
 MakeCodec = Callable[..., SnapshotCodec]
@@ -240,9 +241,26 @@ def test_signature_is_checked_in_constant_time(
 
 
 def test_load_learner_refuses_a_signed_blob_that_is_not_a_learner() -> None:
-    from learners import SnapshotCodec, load_learner
     from livelearn import SnapshotRefused
+    from livelearn.learners import SnapshotCodec, load_learner
 
     codec = SnapshotCodec(b"k" * 32)
     with pytest.raises(SnapshotRefused, match="holds a dict, not a Learner"):
         load_learner(codec, codec.encode({"weights": [1.0]}))
+
+
+def test_a_snapshot_signed_before_the_livelearn_namespace_still_loads(
+    make_codec: MakeCodec,
+) -> None:
+    """A checkpoint signed when the packages were top-level names its classes by the old
+    paths (``learners.monitor.MonitorSpec``); it loads as the same class under livelearn."""
+    from livelearn.learners.monitor import MonitorSpec
+
+    spec = MonitorSpec()
+    legacy = pickle.dumps(spec, protocol=0).replace(b"clivelearn.learners.", b"clearners.")
+    assert b"clearners.monitor\nMonitorSpec" in legacy
+    blob = make_codec(compress_level=0).encode(None)
+    (header_len,) = struct.unpack(">I", blob[7:11])
+    restored = make_codec().decode(_resign(blob[: 11 + header_len] + legacy))
+    assert type(restored) is MonitorSpec
+    assert restored == spec

@@ -9,13 +9,13 @@ import pydantic
 import pytest
 from river import compose, drift, forest, linear_model, metrics, optim, preprocessing, tree
 
-from learners import (
+from livelearn import LivelearnError as LearnersError
+from livelearn import SpecError
+from livelearn.learners import (
     CheckpointPolicy,
     ModelSpec,
     RiverRef,
 )
-from livelearn import LivelearnError as LearnersError
-from livelearn import SpecError
 
 SpecData = Callable[..., dict[str, Any]]
 

@@ -6,7 +6,7 @@ import re
 
 from prometheus_client import CollectorRegistry
 
-from stream.metrics import WorkerMetrics
+from livelearn.stream.metrics import WorkerMetrics
 
 # "_up": a 1/0 state without a unit, as Prometheus' own ``up``.
 UNITS = ("_seconds", "_bytes", "_events", "_total", "_partitions", "_metric", "_up")

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
-from learners import SnapshotCodec, load_learner
-from settings import Settings
-from store.checkpoints import ShardId
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import SnapshotCodec, load_learner
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import ShardId
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 from tests.unit.test_worker_loop import TP, FakeConsumer, FakeDlq, FakeStore, Record
 from tests.unit.test_worker_loop import _run as run_batches
 

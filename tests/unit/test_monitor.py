@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from learners import Learner, ModelSpec
-from learners.monitor import Monitor, MonitorSpec
+from livelearn.learners import Learner, ModelSpec
+from livelearn.learners.monitor import Monitor, MonitorSpec
 
 WINDOW = 1000
 

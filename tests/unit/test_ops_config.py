@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from serving.metrics import ServingMetrics
-from stream.metrics import WorkerMetrics
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.stream.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"

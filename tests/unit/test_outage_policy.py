@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from learners import ModelSpec, spec_fingerprint
 from livelearn import ConfigError, ServiceUnavailable, SpecError
-from settings import OutageSettings, load_settings
-from stream.outage import Backoff, Outage
+from livelearn.learners import ModelSpec, spec_fingerprint
+from livelearn.settings import OutageSettings, load_settings
+from livelearn.stream.outage import Backoff, Outage
 
 
 class Gauge:

@@ -10,10 +10,10 @@ import orjson
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from serving.api import create_app
-from serving.metrics import ServingMetrics
-from serving.prediction_log import PredictionLog
-from settings import Settings
+from livelearn.serving.api import create_app
+from livelearn.serving.metrics import ServingMetrics
+from livelearn.serving.prediction_log import PredictionLog
+from livelearn.settings import Settings
 from tests.unit.test_api_routes import AUTH, PREDICT, TOKEN, FakeLookup
 
 

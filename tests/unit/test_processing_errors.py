@@ -10,11 +10,11 @@ import orjson
 import pytest
 from river import linear_model, metrics, preprocessing
 
-from learners import Learner, SnapshotCodec, load_learner
 from livelearn import DeadLetterError
-from settings import Settings
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import Learner, SnapshotCodec, load_learner
+from livelearn.settings import Settings
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 from tests.unit.test_worker_loop import SHARD, TP, FakeConsumer, FakeDlq, FakeStore, Record
 from tests.unit.test_worker_loop import _run as run_batches
 

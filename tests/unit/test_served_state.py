@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from learners import ModelSpec
 from livelearn import ModelNotLoaded
-from serving._state import ServedState
+from livelearn.learners import ModelSpec
+from livelearn.serving._state import ServedState
 
 
 @pytest.mark.parametrize("route_by_key", [False, True], ids=["combined", "routed-by-key"])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from livelearn import ConfigError
-from settings import load_settings
+from livelearn.settings import load_settings
 
 SPEC = {
     "name": "m",

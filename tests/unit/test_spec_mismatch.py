@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from learners import SnapshotCodec
-from settings import Settings
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import SnapshotCodec
+from livelearn.settings import Settings
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 from tests.unit.test_worker_loop import (
     KEY,
     SHARD,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from livelearn.errors import ConfigError
-from serving.alerts import AlertsView, FiringAlert, PrometheusAlerts, parse_alerts
-from serving.ui import StatusBoard
-from settings import load_settings
+from livelearn.serving.alerts import AlertsView, FiringAlert, PrometheusAlerts, parse_alerts
+from livelearn.serving.ui import StatusBoard
+from livelearn.settings import load_settings
 from tests.fake_prometheus import alerts_answer, fake_prometheus
 
 ANSWER = {

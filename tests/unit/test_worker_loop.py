@@ -12,12 +12,12 @@ import orjson
 import pytest
 from kafka import TopicPartition
 
-from learners import SnapshotCodec
 from livelearn import ServiceUnavailable, StaleEpochError
-from settings import Settings
-from store.checkpoints import Checkpoint, ShardId
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import SnapshotCodec
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import Checkpoint, ShardId
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 
 # A consumed record; timestamp -1 is Kafka's "none" (the decoder then uses its clock).
 Record = namedtuple("Record", "topic partition offset key value timestamp", defaults=(-1,))

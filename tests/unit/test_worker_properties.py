@@ -23,13 +23,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from learners import ModelSpec, SnapshotCodec, load_learner
-from settings import Settings
-from store.checkpoints import ShardId
-from stream.decode import EventDecoder
-from stream.dlq import dedup_key
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import ModelSpec, SnapshotCodec, load_learner
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import ShardId
+from livelearn.stream.decode import EventDecoder
+from livelearn.stream.dlq import dedup_key
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 from tests.hostile import DOCUMENTED_REASONS, Kind, hostile_kinds, render_valid
 from tests.reference import (
     Expected,
@@ -479,7 +479,7 @@ def test_a_record_dead_lettered_for_its_time_is_not_learned_after_a_restart(
 ) -> None:
     clock = [NOW_S]
     decoder = functools.partial(EventDecoder, clock=lambda: clock[0])
-    monkeypatch.setattr("stream.worker.EventDecoder", decoder)
+    monkeypatch.setattr("livelearn.stream.worker.EventDecoder", decoder)
     ahead_ms = int(NOW_S * 1000) + 86_400_000 + 5_000  # 5 s past events.ts_max_future_s
     events = [
         {"id": "a", "features": {"x": 1.0}, "label": True},

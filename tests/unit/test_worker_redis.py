@@ -19,12 +19,12 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndTimestamp
 
-from learners import Learner, SnapshotCodec, load_learner
 from livelearn import ServiceUnavailable
-from settings import Settings
-from store.checkpoints import ShardId
-from stream.metrics import WorkerMetrics
-from stream.worker import Worker
+from livelearn.learners import Learner, SnapshotCodec, load_learner
+from livelearn.settings import Settings
+from livelearn.store.checkpoints import ShardId
+from livelearn.stream.metrics import WorkerMetrics
+from livelearn.stream.worker import Worker
 from tests.unit.test_worker_loop import (
     KEY,
     SHARD,
