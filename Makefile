@@ -64,6 +64,11 @@ stack-status: install
 run: install
 	$(PYTHON) -m livelearn.cli.main demo
 
+# The prediction API and its status page (/ui) over what `make run` learned: on the local
+# stack it uses the development keys in .stack/dev-keys.json, with a warning.
+serve: install
+	$(PYTHON) -m livelearn.cli.main serve
+
 bench: install
 	$(PYTHON) -m bench
 

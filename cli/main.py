@@ -7,7 +7,7 @@ import gc
 import json
 import logging
 import os
-import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -30,6 +30,7 @@ from livelearn.errors import (
 )
 
 if TYPE_CHECKING:
+    from livelearn.cli.devkeys import Key
     from livelearn.settings import Settings
 
 log = logging.getLogger("livelearn")
@@ -102,8 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--partitions", type=int, default=1, help="partitions of a new topic")
     d.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("stack", help="the local Kafka + Redis stack (no Docker)")
-    s.add_argument("action", choices=["up", "down", "status"])
+    s = sub.add_parser(
+        "stack",
+        help="the local Kafka + Redis stack (no Docker); `token` prints its development API "
+        "token, for the status page of `livelearn serve` on it",
+    )
+    s.add_argument("action", choices=["up", "down", "status", "token"])
     s.set_defaults(func=_cmd_stack)
 
     m = sub.add_parser("models", help="inspect checkpointed models in Redis")
@@ -174,7 +179,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_stack(args: argparse.Namespace) -> int:
     from livelearn.devtools import stack
 
-    if args.action == "up":
+    if args.action == "token":
+        from livelearn.cli.devkeys import dev_token
+
+        print(dev_token(STACK_DIR))
+    elif args.action == "up":
         info = stack.up(STACK_DIR)
         print("\n".join(info.env_lines()))
     elif args.action == "down":
@@ -332,18 +341,16 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from livelearn.errors import ConfigError
+    from livelearn.cli.devkeys import use_local
     from livelearn.serving.api import create_app, serve
     from livelearn.serving.lookup import Lookup
     from livelearn.serving.metrics import ServingMetrics
 
-    settings = _settings(args)
-    if not any(t.get_secret_value().strip() for t in settings.serving.tokens):
-        raise ConfigError(
-            "serving.tokens is empty: the API needs at least one bearer token; set "
-            "serving.tokens in the config file or LIVELEARN_SERVING__TOKENS to a JSON list, "
-            "e.g. LIVELEARN_SERVING__TOKENS='[\"<a long random string>\"]'"
-        )
+    # On the local stack, the development keys stand in for those not set (with a
+    # warning); elsewhere a missing token or snapshot key stops here, naming the setting.
+    # The hash key is needed only by a model that hashes a field: the lookup asks for it.
+    needed: tuple[Key, ...] = ("snapshot_key", "tokens")
+    settings = use_local(_settings(args), STACK_DIR, needed, start=False, optional=("hash_key",))
     # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again to the handler
     # it found: make that one a clean exit, so the lookup is closed below.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -366,7 +373,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(lookup, settings, metrics, prediction_log)
         host, port = settings.serving.host, settings.serving.port
-        log.info("serving predictions", extra={"fields": {"url": f"http://{host}:{port}"}})
+        url = f"http://{_browsable(host)}:{port}"
+        log.info("serving predictions", extra={"fields": {"url": url, "status_page": f"{url}/ui"}})
         serve(app, settings.serving, metrics)
     finally:
         lookup.close()
@@ -380,20 +388,11 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def _with_local_services(args: argparse.Namespace) -> Settings:
-    """Settings, starting the local stack and dev keys when none are configured."""
-    settings = _load(args)
-    if not settings.kafka.bootstrap_servers or not settings.redis.url:
-        from livelearn.devtools import stack
+    """Settings, on the local stack (started first) where Kafka or Redis is not configured,
+    with its development keys where no key is (`cli.devkeys`)."""
+    from livelearn.cli.devkeys import use_local
 
-        print("no Kafka/Redis configured: starting the local stack (livelearn stack up)")
-        info = stack.up(STACK_DIR)
-        os.environ.setdefault("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS", info.bootstrap_servers)
-        os.environ.setdefault("LIVELEARN_REDIS__URL", info.redis_url)
-    if settings.security.snapshot_key is None or settings.security.hash_key is None:
-        for name, value in _dev_keys().items():
-            os.environ.setdefault(name, value)
-        print(f"using development keys from {STACK_DIR / 'dev-keys.json'} (set the real ones!)")
-    return _load(args)
+    return use_local(_settings(args), STACK_DIR, ("snapshot_key", "hash_key"), start=True)
 
 
 def _this_command() -> str:
@@ -404,22 +403,6 @@ def _this_command() -> str:
         return "livelearn"
     relative = os.path.relpath(script)
     return relative if not relative.startswith("..") else str(script)
-
-
-def _dev_keys() -> dict[str, str]:
-    """Random signing and hashing keys kept in the stack folder, for the demo only."""
-    path = STACK_DIR / "dev-keys.json"
-    if path.is_file():
-        keys: dict[str, str] = json.loads(path.read_text())
-        return keys
-    keys = {
-        "LIVELEARN_SECURITY__SNAPSHOT_KEY": secrets.token_hex(32),
-        "LIVELEARN_SECURITY__HASH_KEY": secrets.token_hex(32),
-    }
-    STACK_DIR.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(keys))
-    return keys
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -509,7 +492,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(format_model(describe_model(store, spec.name)))
     print(f"\nstate is in Redis; see it again with: {_this_command()} models show {spec.name}")
     print(f"(in a new shell on the local stack, first: export $({_this_command()} stack up))")
+    _print_how_to_serve(args, settings)
     return 0
+
+
+def _print_how_to_serve(args: argparse.Namespace, settings: Settings) -> None:
+    """The demo's last lines: the command that serves the model, and the status page."""
+    from livelearn.cli.devkeys import missing, on_local_stack
+
+    config = f" --config {shlex.quote(str(args.config))}" if args.config is not None else ""
+    # Started by `make run`: `make serve` is the same command.
+    make = " (or: make serve)" if os.environ.get("MAKELEVEL") and not config else ""
+    url = f"http://{_browsable(settings.serving.host)}:{settings.serving.port}/ui"
+    if not missing(settings, ["tokens"]):
+        token = "one of serving.tokens"
+    elif on_local_stack(settings, STACK_DIR):
+        token = f"the development one is printed by: {_this_command()} stack token"
+    else:
+        token = "set LIVELEARN_SERVING__TOKENS first: serve refuses to start without one"
+    print(f"\nserve the model with: {_this_command()}{config} serve{make}")
+    print(f"its status page: {url} (it asks for the API token: {token})")
+
+
+def _browsable(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to ``host``.
+
+    >>> _browsable("0.0.0.0"), _browsable("::"), _browsable("127.0.0.1"), _browsable("::1")
+    ('127.0.0.1', '[::1]', '127.0.0.1', '[::1]')
+    """
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _fmt(value: float | None) -> str:

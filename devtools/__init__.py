@@ -1,5 +1,7 @@
 """Developer tooling: the Docker engine and the container images that the tests and
-``docker-compose.yml`` need on a machine without a registry. Not shipped with the package.
+``docker-compose.yml`` need on a machine without a registry, and the Debian packages that
+the tools and tests need. The command line's `stack` and `demo` use it; no runtime code
+imports it.
 
 - `devtools.engine`: start Debian's ``dockerd`` with its default flags when no engine
   answers, and stop only an engine it started
@@ -7,7 +9,10 @@
 - `devtools.images`: make sure the images exist: pull each upstream image, or build a
   stand-in under the same name from a local ``debian:bookworm`` made with ``debootstrap``
   (``python -m livelearn.devtools.images``).
+- `devtools.apt`: the one place that runs ``apt-get``: installs the Debian packages of
+  missing commands (as root), waiting for another apt-get's lock
+  (``python -m livelearn.devtools.apt COMMAND=PACKAGE ...``).
 
-Both need only the standard library and the ``docker`` command line, so ``.ci/run`` can
-use them before the project's virtual environment exists.
+The three need only the standard library (and the ``docker`` command line), so ``.ci/run``
+can use them before the project's virtual environment exists.
 """

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from livelearn.devtools import apt
 
 __all__ = ["EngineError", "answers", "down", "status", "up"]
 
@@ -31,9 +32,10 @@ SOCKET = Path("/var/run/docker.sock")
 START_TIMEOUT_S = 60.0
 # dockerd stops its containers (10 s grace each, in parallel) and then containerd.
 STOP_TIMEOUT_S = 40.0
-# What the engine needs from Debian: dockerd (docker.io, which brings containerd, runc
-# and iptables) and debootstrap, which makes the local base image (`devtools.images`).
-PACKAGES = ("docker.io", "debootstrap")
+# What the engine needs from Debian, by command: dockerd (docker.io, which brings
+# containerd, runc and iptables) and debootstrap, which makes the local base image
+# (`devtools.images`).
+COMMANDS = {"dockerd": "docker.io", "debootstrap": "debootstrap"}
 
 # The dockerd started by this interpreter. Holding its Popen lets `down` reap it, and keeps
 # Popen.__del__ from warning (ResourceWarning) about a child that is meant to outlive it.
@@ -148,29 +150,10 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
 
 def _dockerd() -> str:
     """The path of ``dockerd``, with Debian's packages installed first when missing and root."""
-    found = shutil.which("dockerd")
-    if found is not None and shutil.which("debootstrap") is not None:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise EngineError(
-            f"dockerd or debootstrap is missing and no Docker engine answers: install them "
-            f"(Debian: apt-get install {' '.join(PACKAGES)}), or set DOCKER_HOST"
-        )
-    _progress(f"installing the Debian packages {', '.join(PACKAGES)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]
-    result = _run(install, env)
-    if result.returncode != 0:  # the package lists may be missing or stale
-        _run(["apt-get", "update", "-qq"], env)
-        result = _run(install, env)
-    found = shutil.which("dockerd")
-    if result.returncode != 0 or found is None:
-        output = (result.stdout + result.stderr).strip().splitlines()[-20:]
-        raise EngineError(
-            f"apt-get install {' '.join(PACKAGES)} failed (exit {result.returncode}):\n"
-            + "\n".join(output)
-        )
-    return found
+    try:
+        return apt.ensure(COMMANDS)["dockerd"]
+    except apt.AptError as error:
+        raise EngineError(f"{error} (or set DOCKER_HOST to an engine that answers)") from None
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -212,12 +195,6 @@ def _reap(pid: int) -> None:
     """Collect ``pid``'s exit status if it is this interpreter's child (no zombie left)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-    )
 
 
 def _tail(log: Path, lines: int = 20) -> str:

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,9 +44,10 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from livelearn.devtools import apt
 from livelearn.errors import StackError
 
-__all__ = ["StackError", "StackInfo", "down", "kafka_libs", "status", "up", "wipe"]
+__all__ = ["StackError", "StackInfo", "down", "is_its_redis", "kafka_libs", "status", "up", "wipe"]
 
 DEFAULT_STATE_DIR = Path(".stack")
 DEFAULT_KAFKA_PORT = 19092
@@ -200,6 +202,25 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> StackInfo | None:
     if ports is None or (kafka_pid is None and redis_pid is None):
         return None
     return StackInfo(f"{HOST}:{ports[0]}", f"redis://{HOST}:{ports[1]}/0", kafka_pid, redis_pid)
+
+
+def is_its_redis(url: str, state_dir: Path = DEFAULT_STATE_DIR) -> bool:
+    """Whether ``url`` names the Redis of the stack in ``state_dir``, running or not: on
+    loopback, at the port it was started with (the default one before it ever was).
+
+    >>> never_started = Path("/nonexistent")
+    >>> [is_its_redis(url, never_started) for url in ("redis://127.0.0.1:16379/0",
+    ...     "redis://localhost:16379", "redis://redis.internal:16379/0", "redis://127.0.0.1:6379")]
+    [True, True, False, False]
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    recorded = _read_ports(state_dir.resolve())
+    redis_port = recorded[1] if recorded is not None else DEFAULT_REDIS_PORT
+    return parts.scheme == "redis" and parts.hostname in (HOST, "localhost") and port == redis_port
 
 
 def wipe(state_dir: Path = DEFAULT_STATE_DIR) -> None:
@@ -408,28 +429,10 @@ def _start_redis(state: Path, port: int) -> int:
 
 def _redis_server() -> str:
     """The path of ``redis-server``, installed with apt-get first when missing and root."""
-    found = shutil.which("redis-server")
-    if found is not None:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise StackError(
-            "redis-server not found on PATH: install it (Debian: apt-get install redis-server), "
-            "or point LIVELEARN_REDIS__URL at a running Redis"
-        )
-    _progress("redis-server is missing; installing the Debian package redis-server")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "redis-server"]
-    result = _run_quiet(install, env)
-    if result.returncode != 0:  # the package lists may be missing or stale
-        _run_quiet(["apt-get", "update", "-qq"], env)
-        result = _run_quiet(install, env)
-    found = shutil.which("redis-server")
-    if result.returncode != 0 or found is None:
-        raise StackError(
-            f"apt-get install redis-server failed (exit {result.returncode}):\n"
-            f"{_tail(result.stdout + result.stderr)}"
-        )
-    return found
+    try:
+        return apt.ensure({"redis-server": "redis-server"})["redis-server"]
+    except apt.AptError as error:
+        raise StackError(f"{error}; or point LIVELEARN_REDIS__URL at a running Redis") from None
 
 
 def _wait_redis(state: Path, port: int, pid: int) -> None:
@@ -579,12 +582,6 @@ def _locked(state: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _run_quiet(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-    )
 
 
 def _tail(text: str, lines: int = 20) -> str:

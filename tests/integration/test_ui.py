@@ -3,7 +3,6 @@ real worker and `livelearn serve`."""
 
 from __future__ import annotations
 
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,17 +10,24 @@ from typing import Any
 
 import pytest
 
+from livelearn.devtools import apt
 from tests.fake_prometheus import alerts_answer, fake_prometheus
 from tests.integration.conftest import encode, phishing_events, produce, wait_for
 
-pytestmark = pytest.mark.integration
+# The browser fixture may first wait for another apt-get (up to apt.LOCK_TIMEOUT_S) and
+# install chromium (a few minutes on a slow mirror): room for both past the usual timeout.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300 + apt.LOCK_TIMEOUT_S + 300)]
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    chromedriver = shutil.which("chromedriver")
-    if chromedriver is None or shutil.which("chromium") is None:
-        pytest.skip("no chromium/chromedriver (Debian: apt-get install chromium chromium-driver)")
+    """Debian's chromium driven by selenium; installed first when missing and root (as the
+    Docker engine fixture installs docker.io), else the test is skipped saying how."""
+    try:
+        found = apt.ensure({"chromium": "chromium", "chromedriver": "chromium-driver"})
+    except apt.AptError as error:
+        pytest.skip(f"no browser for the status page's test: {error}")
+    chromedriver = found["chromedriver"]
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
