@@ -203,13 +203,9 @@ def build_worker(
         try:
             if k.fetch_in_child:
                 return ProcessConsumer(config, k.poll_timeout_ms, start_timeout)
-            local = LocalConsumer(**config)
-            # Load the topics' metadata before joining, so the first assignment covers
-            # topics created just before start-up.
-            for topic in present:
-                with contextlib.suppress(KafkaError):  # a restarting broker: loaded later
-                    local.partitions_for_topic(topic)
-            return local
+            # Its subscribe() loads the topics' metadata before the first poll joins the
+            # group, so the first assignment covers topics created just before start-up.
+            return LocalConsumer(**config)
         except KafkaError as exc:
             raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
 

@@ -21,6 +21,10 @@ worker's `KafkaWatch` decides from it whether Kafka answers and whether the cons
 progress. Closing is bounded (`CLOSE_TIMEOUT_S`): the consumer leaves its group when Kafka
 answers in time, and the child is killed past the bound, well within an orchestrator's
 grace period.
+
+Both backends join their group the same way: `load_metadata` once subscribed, so that the
+first assignment is not revoked again at the next metadata refresh, and `finish_join`
+before each poll, so that a join kafka-python began and then lost track of is finished.
 """
 
 from __future__ import annotations
@@ -120,6 +124,53 @@ def read_status(consumer: KafkaConsumer, records_at: float | None = None) -> Kaf
         log.debug("Kafka client status unavailable", exc_info=True)
         assigned = 0
     return KafkaStatus(now, max(answered) if answered else None, connected, joined, assigned)
+
+
+def load_metadata(consumer: KafkaConsumer) -> None:
+    """Fetch the cluster's metadata now: call it once the consumer is subscribed, before
+    its first poll joins the group.
+
+    A group's leader assigns from the cluster's metadata, and kafka-python 3 keeps a
+    snapshot of the subscribed topics' partitions, taken at each metadata response that
+    comes while subscribed; after a join the leader rejoins whenever the snapshot differs
+    from the one it assigned with. Metadata loaded before ``subscribe()`` (so that a topic
+    made just before start-up is assigned) leaves that snapshot empty until the next
+    refresh, which comes after the join: the leader then sees its topics' partitions
+    "appear", revokes what it was just given and joins again. Fetched while subscribed,
+    the metadata is in the snapshot the first assignment is made with.
+    """
+    try:
+        consumer.topics()  # a metadata request every time, not the cache
+    except KafkaError as exc:  # Kafka restarting: the subscription's own refresh follows
+        log.debug("metadata not loaded before joining: %s", exc)
+
+
+def finish_join(consumer: KafkaConsumer) -> bool:
+    """Make the next ``poll()`` finish a group join that kafka-python 3 began and then lost
+    track of; True when there was one.
+
+    A leader rejoins when the metadata it assigned with has changed (partitions appeared),
+    a member when its subscription has. kafka-python 3 keeps neither reason in its rejoin
+    flag: each poll compares again (``need_rejoin()``), and the join itself makes them
+    equal (the leader's assignment takes in the new metadata, the JoinGroup request the
+    subscription). When the poll that began such a join returns before the join ends (a
+    rebalance callback that outlasts the poll's timeout: in the fetch process it waits for
+    the worker's answer), the next poll finds nothing to rejoin for and never collects the
+    join's result. The member stays ``REBALANCING`` with its heartbeats off, the broker
+    drops it after ``session_timeout_ms``, and it never joins again: no partition, no
+    record, until a watchdog replaces the consumer. Java's consumer counts a join in
+    flight as a reason to go on joining (``rejoinNeededOrPending``); this asks for the
+    rejoin again, and the next poll finishes the join or makes a new one.
+    """
+    try:
+        coordinator = consumer._coordinator
+        if coordinator.state is not MemberState.REBALANCING or coordinator.need_rejoin():
+            return False
+        coordinator.request_rejoin()
+    except AttributeError:  # a client without this bookkeeping: nothing to finish
+        return False
+    log.debug("a group join was left unfinished by kafka-python: joining again")
+    return True
 
 
 class Record(NamedTuple):
@@ -382,9 +433,21 @@ class LocalConsumer(KafkaConsumer):  # type: ignore[misc]
         super().__init__(**config)
         self._records_at: float | None = None
 
+    def subscribe(
+        self,
+        topics: Sequence[str] = (),
+        pattern: str | None = None,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> None:
+        """Subscribe, then load the metadata the first assignment is made with
+        (`load_metadata`)."""
+        super().subscribe(topics, pattern, listener)
+        load_metadata(self)
+
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
     ) -> dict[TopicPartition, list[Any]]:
+        finish_join(self)
         records: dict[TopicPartition, list[Any]] = super().poll(
             timeout_ms, max_records, update_offsets
         )
@@ -481,6 +544,7 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
                     if self.conn.poll(0.1):
                         self.handle(self.recv())
                 continue
+            finish_join(self.consumer)
             try:
                 batches = self.consumer.poll(timeout_ms=poll_ms)
             except KafkaError as exc:
@@ -530,12 +594,8 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
     def handle(self, message: _ToChild) -> None:
         c = self.consumer
         if message[0] == "subscribe":
-            for topic in message[1]:  # metadata first: a just-created topic gets assigned
-                try:
-                    c.partitions_for_topic(topic)
-                except KafkaError as exc:  # Kafka restarting: the subscription fetches it
-                    log.debug("metadata of %s not loaded: %s", topic, exc)
             c.subscribe(message[1], listener=self)
+            load_metadata(c)  # before the first poll joins: a just-created topic is assigned
             self.subscribed = True
         elif message[0] == "seek":
             self._apply(c.seek, [(message[1], message[2])], message[3])

@@ -37,7 +37,7 @@ from livelearn.learners import ModelSpec
 from livelearn.settings import Settings
 from livelearn.stream.decode import EventDecoder
 from livelearn.stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
-from livelearn.stream.fetcher import KafkaRecord, read_status
+from livelearn.stream.fetcher import KafkaRecord, finish_join, load_metadata, read_status
 from livelearn.stream.metrics import WorkerMetrics
 from livelearn.stream.outage import Backoff
 
@@ -86,6 +86,7 @@ def label_routes(specs: Iterable[ModelSpec]) -> dict[str, Route]:
 
 class _Consumer(Protocol):
     def subscribe(self, topics: list[str]) -> None: ...
+    def topics(self) -> set[str]: ...
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[KafkaRecord]]: ...
@@ -235,11 +236,13 @@ class LabelRouter:
         if self._consumer is None:
             self._consumer = self._consumer_factory(**self._consumer_config)
             self._consumer.subscribe(sorted(self.routes))
+            load_metadata(self._consumer)  # before the first poll joins (as the worker's)
             self._unsettled_since = None
 
     def _forward_batch(self) -> None:
         consumer, producer = self._consumer, self._producer
         assert consumer is not None and producer is not None
+        finish_join(consumer)
         batches = consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
         batches = {tp: records for tp, records in batches.items() if records}
         if not batches:

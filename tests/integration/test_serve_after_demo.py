@@ -6,43 +6,56 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from tests.conftest import REPO, Services
-from tests.integration.conftest import free_port, phishing_events, wait_for
+from tests.integration.conftest import ServerHandle, free_port, phishing_events
 
 pytestmark = pytest.mark.integration
 
 KEY_ENV = ("LIVELEARN_SECURITY__", "LIVELEARN_SERVING__TOKENS")
 
 
-def _as_the_local_stack(services: Services, state_dir: Path) -> None:
+def _as_the_local_stack(services: Services, state_dir: Path) -> str:
     """Record the session's servers where `livelearn stack up` records its ports, so that
-    the command line takes them for the local stack (the real one's ports may be taken)."""
-    redis = urllib.parse.urlsplit(services.redis_url)
-    if redis.hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip(f"the local stack's Redis is on loopback; the session's is on {redis.hostname}")
+    the command line takes them for the local stack (the real one's ports may be taken);
+    return the session's Redis URL on loopback, where the local stack's Redis listens.
+
+    A container's published port answers on loopback too, so testcontainers' Redis (at the
+    engine's bridge address) is the same server at 127.0.0.1 and the same port.
+    """
+    redis_url = urllib.parse.urlsplit(services.redis_url)
+    loopback = redis_url._replace(netloc=f"127.0.0.1:{redis_url.port}").geturl()
+    probe = f"livelearn-test-{uuid.uuid4().hex}"
+    with (
+        redis.Redis.from_url(services.redis_url) as session,
+        redis.Redis.from_url(loopback) as local,
+    ):
+        session.set(probe, 1, ex=60)
+        assert local.get(probe) == b"1", f"{loopback} is not the session's Redis"
     kafka_port = int(services.bootstrap_servers.rsplit(":", 1)[1])
     state_dir.mkdir()
-    ports = {"kafka_port": kafka_port, "redis_port": redis.port}
+    ports = {"kafka_port": kafka_port, "redis_port": redis_url.port}
     (state_dir / "ports.json").write_text(json.dumps(ports) + "\n")
+    return loopback
 
 
 def test_serve_after_the_demo_uses_its_development_keys(
     services: Services, make_topic: Callable[..., str], unique_name: str, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "stack"
-    _as_the_local_stack(services, state_dir)
+    redis_url = _as_the_local_stack(services, state_dir)
     topic = make_topic(partitions=1)
     shipped = yaml.safe_load((REPO / "config" / "livelearn.yaml").read_text())
     (spec,) = shipped["models"]
@@ -62,7 +75,7 @@ def test_serve_after_the_demo_uses_its_development_keys(
     env |= {
         "LIVELEARN_STACK_DIR": str(state_dir),
         "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": services.bootstrap_servers,
-        "LIVELEARN_REDIS__URL": services.redis_url,
+        "LIVELEARN_REDIS__URL": redis_url,
     }
 
     def livelearn(*args: str) -> list[str]:
@@ -95,42 +108,25 @@ def test_serve_after_the_demo_uses_its_development_keys(
 
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as out:
-        server = subprocess.Popen(livelearn("serve"), cwd=REPO, env=env, stdout=out, stderr=out)
-    base = f"http://127.0.0.1:{api_port}"
-
-    def tail() -> str:
-        return "serve's log:\n" + log_path.read_text(errors="replace")[-3000:]
-
-    def answers(path: str) -> bool:
-        if server.poll() is not None:
-            pytest.fail(f"livelearn serve exited with {server.returncode}\n{tail()}")
-        try:
-            return httpx.get(base + path, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+        proc = subprocess.Popen(livelearn("serve"), cwd=REPO, env=env, stdout=out, stderr=out)
+    server = ServerHandle(proc, log_path, api_port, token)
     try:
-        wait_for(lambda: answers("/healthz"), 60, "serve's /healthz", context=tail)
-        wait_for(lambda: answers("/readyz"), 30, "serve's /readyz", context=tail)
+        server.wait_ready(timeout=60)
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         event = phishing_events(1)[0]
         answer = httpx.post(
-            f"{base}/v1/models/{unique_name}/predict",
+            f"{server.url}/v1/models/{unique_name}/predict",
             json={"features": event["features"]},
-            headers={"Authorization": f"Bearer {token}"},
+            headers=server.auth,
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["shards"] == {f"{topic}/0": 1250}
         assert isinstance(answer.json()["prediction"], bool)
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-    assert server.returncode == 0, tail()
+        if proc.poll() is None:
+            assert server.terminate() == 0, server.tail()
+    assert proc.returncode == 0, server.tail()
     log = log_path.read_text()
     assert "DEVELOPMENT keys" in log and "not for production" in log
     assert all(secret not in log for secret in secrets)

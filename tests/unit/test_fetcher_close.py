@@ -33,11 +33,11 @@ class FakeKafkaConsumer:
         self.listener: Any = None
         self.tp: TopicPartition | None = None
 
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return {0}
-
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener, self.topic = listener, topics[0]
+
+    def topics(self) -> set[str]:
+        return {self.topic}
 
     def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
         if self.tp is None:  # the first poll joins the group: a rebalance callback

@@ -55,6 +55,9 @@ class FakeConsumer:
     def subscribe(self, topics: list[str]) -> None:
         self.subscribed = topics
 
+    def topics(self) -> set[str]:
+        return set(self.subscribed)
+
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
         time.sleep(self.poll_s)
         if not self.batches:
