@@ -8,6 +8,36 @@ event raises ``InvalidEvent`` whose ``reason`` is one of ``InvalidReason``, and 
 else: invalid UTF-8 (even in a field no model reads), a key twice in one object, an
 integer feature outside 64 bits, nesting deeper than the interpreter's recursion limit
 and a time outside the configured window each have their reason.
+
+A valid event is decoded by msgspec, in C. When msgspec refuses a record, the reason is
+not taken from its exception or its message, which change between releases:
+stream/_diagnose.py reads the record again with the standard library and names the fault.
+A record with several faults gets the first of these that applies:
+
+1. ``too_large``, over ``events.max_bytes``, before anything is read (a tombstone is
+   ``not_json``).
+2. ``not_json``: the record is not JSON text (invalid UTF-8 outside a string included).
+   Three faults do not count here, as they have a reason of their own in 3: invalid
+   UTF-8 inside a string, the literals NaN, Infinity and -Infinity, and nesting too deep
+   for the interpreter's recursion limit (then every array or object opened more than
+   256 levels deep is cut out, up to its end or, left open, to the end of the record).
+3. Otherwise the fault met first reading the record from its start, each value judged
+   where it stands:
+
+   - the top level is not an object: ``not_object``;
+   - a key or string holding invalid UTF-8 or a lone surrogate: ``bad_encoding``;
+   - a key that its object already has: ``duplicate_key``;
+   - NaN, Infinity or -Infinity: ``non_finite``;
+   - a time that is not an ISO-8601 string with a zone or integer milliseconds, or is
+     outside the window: ``bad_timestamp``;
+   - a number too large for a double as a feature, a label or in a field no model reads:
+     ``non_finite``; an integer of more than 4300 characters as the id, a feature, a
+     label or in a field no model reads, or a feature outside 64 bits: ``out_of_range``;
+   - any other value of a kind its field does not take: ``wrong_type``; an array or
+     object where a scalar belongs is refused without reading inside it;
+   - nesting cut out in 2, in a field no model reads: ``too_deep``;
+   - at the end of the top-level object, no ``id``, or no ``features`` (and, where
+     delayed labels are taken, no label): ``missing_field``.
 """
 
 from __future__ import annotations
@@ -24,6 +54,7 @@ from msgspec import UNSET, UnsetType
 
 from livelearn.errors import InvalidEvent
 from livelearn.settings import EventSettings
+from livelearn.stream._diagnose import Layout, diagnose, missing_features
 
 InvalidReason = Literal[
     "too_large",
@@ -60,7 +91,8 @@ Scalar = bool | int | float | str | None
 # precision; msgspec checks the bound in C while it parses.
 _FeatureInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _Feature = bool | _FeatureInt | float | str | None
-_INT_RANGE_MESSAGES = ("Integer value out of range", "Expected `int` <=", "Expected `int` >=")
+# What msgspec may raise on a record; the reason is then diagnose's, whatever was raised.
+_REFUSALS = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError, ValueError)
 
 
 class EventDecoder:
@@ -69,7 +101,7 @@ class EventDecoder:
     Decoding and type checks run in C (msgspec, a struct built from the configured
     field names) rather than as orjson plus checks in Python, on a path that runs for
     every event; bench/bench_worker.py measures the worker against a consumer that only
-    parses JSON with orjson.
+    parses JSON with orjson. A refused record's reason is found by stream/_diagnose.py.
 
     >>> decoder = EventDecoder(EventSettings(), label_fields=["label"])
     >>> decoder.decode(b'{"id": "a", "ts": 1000, "features": {"x": 1.5}, "label": true}').features
@@ -77,11 +109,15 @@ class EventDecoder:
     >>> decoder.decode(b'{"id": "a", "features": {"x": 1e999}}')
     Traceback (most recent call last):
     ...
-    livelearn.errors.InvalidEvent: non_finite: Number out of range - at `$.features[...]`
+    livelearn.errors.InvalidEvent: non_finite: $.features.x is 1e999, too large for a double
     >>> decoder.decode(b'{"id": "a", "features": {"x": 1, "x": "one"}}')
     Traceback (most recent call last):
     ...
-    livelearn.errors.InvalidEvent: duplicate_key: the key 'x' appears twice in one object
+    livelearn.errors.InvalidEvent: duplicate_key: the key 'x' appears twice in $.features
+    >>> decoder.decode(b'{"id": ["a"], "features": {"n": NaN}}')
+    Traceback (most recent call last):
+    ...
+    livelearn.errors.InvalidEvent: wrong_type: $.id is an array; an id is a string or an integer
     >>> decoder.decode(b'{"id": "a", "ts": -1, "features": {}}').ts_ms
     Traceback (most recent call last):
     ...
@@ -136,6 +172,14 @@ class EventDecoder:
                 fields.append((f"label_{i}", Scalar | UnsetType, UNSET))
                 rename[f"label_{i}"] = name
         self._labels = tuple((name, attr_of[name]) for name in dict.fromkeys(label_fields))
+        self._layout = Layout(
+            id=settings.id_field,
+            ts=settings.ts_field,
+            key=settings.key_field,
+            features=settings.features_field,
+            labels=tuple(name for name, _ in self._labels),
+            label_only=label_only,
+        )
         self._n_fields = len(fields)
         wire = msgspec.defstruct("WireEvent", fields, rename=rename)
         self._decoder = msgspec.json.Decoder(wire)
@@ -156,25 +200,20 @@ class EventDecoder:
             )
         try:
             wire: Any = self._decoder.decode(value)
-        except msgspec.ValidationError as exc:
-            raise self._classify_validation_error(str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise _classify_json_error(value, exc) from None
-        except UnicodeDecodeError as exc:  # msgspec checks the strings it keeps
-            raise _bad_encoding(exc) from None
-        except RecursionError:
-            raise _too_deep() from None
+        except _REFUSALS as exc:
+            raise self._refused(value, produced_ms, exc) from None
         features = wire.features
         # msgspec keeps the last of two equal keys and skips unknown fields unread. With
         # no duplicate, no unknown field and no comma inside a string, the record's commas
         # are exactly the separators of the pairs decoded; anything else gets the full check.
         present = self._n_fields - msgspec.structs.astuple(wire).count(UNSET)
         if value.count(b",") != present - 1 + (len(features) - 1 if features else 0):
-            _check_whole_record(value)
+            self._check_whole_record(value, produced_ms)
         ts = wire.ts
         if ts is UNSET or ts is None:
             ts_ms = None
         else:
+            # _ts_ms written out, on the path every event takes
             ts_ms = ts if type(ts) is int else parse_timestamp(ts, self._ts)
             now_ms = (
                 produced_ms
@@ -190,11 +229,7 @@ class EventDecoder:
         }
         if features is UNSET:
             if all(label is None for label in labels.values()):
-                raise InvalidEvent(
-                    "missing_field",
-                    f"an event needs {self._features!r}, or, as a delayed label, one of "
-                    f"{', '.join(repr(name) for name, _ in self._labels)}",
-                )
+                raise missing_features(self._layout)
             features = None
         return Event(str(wire.id), ts_ms, None if key is UNSET else key, features, labels)
 
@@ -219,18 +254,47 @@ class EventDecoder:
             "timestamp); raise or unset the setting to learn it",
         )
 
-    def _classify_validation_error(self, message: str) -> InvalidEvent:
-        if message.startswith("Object missing required field"):
-            return InvalidEvent("missing_field", message)
-        if message.endswith(f"at `$.{self._ts}`"):
-            return InvalidEvent("bad_timestamp", message)
-        if message.startswith("Number out of range"):
-            return InvalidEvent("non_finite", message)
-        if message.startswith(_INT_RANGE_MESSAGES):
-            return InvalidEvent("out_of_range", f"{message}; integers must fit in 64 bits")
-        if " - at `" not in message:  # the top level is not an object
-            return InvalidEvent("not_object", message)
-        return InvalidEvent("wrong_type", message)
+    def _ts_ms(self, ts: int | str, produced_ms: int | None) -> int:
+        """The event time ``ts`` in milliseconds, refused outside the window (as decode)."""
+        ts_ms = ts if type(ts) is int else parse_timestamp(ts, self._ts)
+        now_ms = (
+            produced_ms if produced_ms is not None and produced_ms >= 0 else self._clock() * 1000.0
+        )
+        if not 0 <= ts_ms <= now_ms + self._max_future_ms or ts_ms < now_ms - self._max_age_ms:
+            raise self._outside_window(ts_ms, now_ms)
+        return ts_ms
+
+    def _refused(self, value: bytes, produced_ms: int | None, exc: BaseException) -> InvalidEvent:
+        """The fault livelearn finds in a record msgspec refused with ``exc``."""
+        fault = diagnose(value, self._layout, lambda ts: self._ts_ms(ts, produced_ms))
+        if fault is not None:
+            return fault
+        # A msgspec stricter than the contract; the record is refused all the same.
+        reason: InvalidReason = "too_deep" if isinstance(exc, RecursionError) else "not_json"
+        return InvalidEvent(
+            reason, f"msgspec refused the record ({str(exc)[:200]}) but livelearn found no fault"
+        )
+
+    def _check_whole_record(self, value: bytes, produced_ms: int | None) -> None:
+        """Refuse invalid UTF-8, out-of-range numbers and duplicate keys anywhere in a record.
+
+        The record has been decoded into the event already, so it is JSON. A generic decode
+        (in C) reads every string and number; when its re-encoding has as many commas as
+        the record, no pair was dropped as a duplicate. Only otherwise (a comma inside a
+        string escaped as ``\\u002c``, or a duplicate) does the slower exact check run. A
+        fault is named by diagnose, so that the precedence is the module's.
+        """
+        try:
+            parsed = msgspec.json.decode(value)
+            commas = msgspec.json.encode(parsed).count(b",")
+        except _REFUSALS as exc:
+            raise self._refused(value, produced_ms, exc) from None
+        if commas == value.count(b",") and b"\\u002c" not in value.lower():
+            return
+        try:
+            json.loads(value.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
+        except (_Duplicate, RecursionError, ValueError) as exc:
+            raise self._refused(value, produced_ms, exc) from None
 
 
 def parse_timestamp(ts: Any, field: str = "ts") -> int:
@@ -256,81 +320,11 @@ def parse_timestamp(ts: Any, field: str = "ts") -> int:
     )
 
 
-def _check_whole_record(value: bytes) -> None:
-    """Refuse invalid UTF-8, out-of-range numbers and duplicate keys anywhere in a record.
-
-    The record has been decoded into the event already, so it is JSON. A generic decode
-    (in C) reads every string and number; when its re-encoding has as many commas as the
-    record, no pair was dropped as a duplicate. Only otherwise (a comma inside a string
-    escaped as ``\\u002c``, or a duplicate) does the slower exact check run.
-    """
-    try:
-        parsed = msgspec.json.decode(value)
-        commas = msgspec.json.encode(parsed).count(b",")
-    except UnicodeDecodeError as exc:
-        raise _bad_encoding(exc) from None
-    except RecursionError:
-        raise _too_deep() from None
-    except msgspec.ValidationError as exc:
-        reason = "non_finite" if str(exc).startswith("Number") else "out_of_range"
-        raise InvalidEvent(reason, f"{exc} (in a field no model reads)") from None
-    if commas == value.count(b",") and b"\\u002c" not in value.lower():
-        return
-    try:
-        json.loads(value.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
-    except RecursionError:
-        raise _too_deep() from None
+class _Duplicate(Exception):
+    """A key twice in one object, found by the exact check."""
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise InvalidEvent("duplicate_key", f"the key {key[:64]!r} appears twice in one object")
-        seen.add(key)
-
-
-def _bad_encoding(exc: UnicodeDecodeError) -> InvalidEvent:
-    bad = exc.object[exc.start : exc.end]
-    return InvalidEvent("bad_encoding", f"not valid UTF-8 ({exc.reason}: {bytes(bad)!r})")
-
-
-def _too_deep() -> InvalidEvent:
-    return InvalidEvent("too_deep", "arrays or objects nested deeper than the decoder allows")
-
-
-def _classify_json_error(value: bytes, exc: Exception) -> InvalidEvent:
-    """Tell a NaN or infinite number apart from text that is not JSON at all."""
-    surrogate = InvalidEvent(
-        "bad_encoding", f"a \\u escape is half of a surrogate pair, not a character ({exc})"
-    )
-    if "surrogate" in str(exc):
-        return surrogate
-
-    def refuse(constant: str) -> float:
-        raise InvalidEvent("non_finite", f"the event holds {constant}")
-
-    try:
-        parsed = json.loads(value, parse_constant=refuse)
-        infinite = _has_infinity(parsed)
-    except InvalidEvent as invalid:
-        return invalid
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return InvalidEvent("not_json", f"not valid JSON ({exc})")
-    if infinite:
-        return InvalidEvent("non_finite", "the event holds a number too large for a double")
-    try:  # msgspec reports some lone surrogates as truncated input
-        json.dumps(parsed, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return surrogate
-    return InvalidEvent("not_json", f"not valid JSON ({exc})")
-
-
-def _has_infinity(obj: Any) -> bool:
-    if isinstance(obj, float):
-        return math.isinf(obj)
-    if isinstance(obj, dict):
-        return any(_has_infinity(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_has_infinity(v) for v in obj)
-    return False
+    """Raise ``_Duplicate`` if two of an object's pairs have the same key."""
+    if len({key for key, _ in pairs}) < len(pairs):
+        raise _Duplicate
