@@ -23,7 +23,7 @@ A predict body is read as it streams in, refused past ``serving.max_body_bytes``
 validated and predicted in a thread when it is large, so that no request holds up the
 others (``serving._body``). Every refusal is counted by its reason in
 ``livelearn_api_rejected_total``; the server itself bounds how long a connection may take
-to send its headers (``serving._server``).
+to send its headers, and how many connections one client may hold (``serving._server``).
 """
 
 from __future__ import annotations

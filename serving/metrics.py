@@ -20,7 +20,10 @@ RELOAD_REASONS = ("announce", "poll", "initial", "pin")
 # 413 body_too_large; 408 body_timeout, header_timeout (or closed without an answer:
 # idle_timeout, and body_timeout for the rest of a body already answered);
 # 499 client_disconnected (the client left before its body was in); 431 headers_too_large;
-# 400 bad_http (not HTTP); 503 over_capacity (serving.max_connections); and 422 for a body
+# 400 bad_http (not HTTP); 503 over_capacity (serving.max_connections, when no connection
+# can make room for a new one, or that many requests are in progress); for a connection as
+# it opens, 503 too_many_connections (serving.max_connections_per_client), and evicted for
+# one closed to make room for it (503 when it had begun a request's head); and 422 for a body
 # that is not_json, has a bad_encoding (not UTF-8, a lone surrogate), nests too_deep, has a
 # number with too_many_digits, too_many_events or too_many_features, is an invalid_body
 # for the schema, or has invalid_features for the model.
@@ -33,6 +36,8 @@ RejectReason = Literal[
     "headers_too_large",
     "bad_http",
     "over_capacity",
+    "too_many_connections",
+    "evicted",
     "not_json",
     "bad_encoding",
     "too_deep",

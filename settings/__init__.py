@@ -169,15 +169,37 @@ class ServingSettings(_Section):
     body_timeout_seconds: float = Field(10.0, gt=0)
     # An idle keep-alive connection is closed after this.
     keep_alive_seconds: int = Field(5, ge=1)
-    # Open connections (and requests in progress) past which a request is answered 503:
-    # below the usual 1024 open files, so the server refuses rather than fails to accept.
+    # Open connections the server holds (past it a new one takes the place of an idle one,
+    # serving/_connections.py) and requests in progress (past it, 503): below the usual
+    # 1024 open files, so the server refuses rather than fails to accept.
     max_connections: int = Field(1000, ge=1)
+    # Open connections one client address (an IPv6 /64) may hold; past it a new one is
+    # answered 503 and closed before any request is read, so that one client cannot take
+    # every connection. Enough for a busy client's connection pool; behind a proxy, where
+    # every connection comes from its address, raise it to max_connections. At most
+    # max_connections (the default follows a lower max_connections).
+    max_connections_per_client: int = Field(64, ge=1)
     # Write every served prediction (id, sanitized features, prediction, release) to this
     # Kafka topic, without making a request wait (serving/prediction_log.py); None: off.
     prediction_log_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     # Prometheus' base URL (http://prometheus:9090): the status page then shows the alerts
     # it reports firing (config/alerts.yml) instead of deriving them (serving/alerts.py).
     alerts_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+
+    @model_validator(mode="after")
+    def _client_share(self) -> ServingSettings:
+        if (
+            "max_connections_per_client" in self.model_fields_set
+            and self.max_connections_per_client > self.max_connections
+        ):
+            raise ValueError(
+                f"serving.max_connections_per_client ({self.max_connections_per_client}) is "
+                f"more than serving.max_connections ({self.max_connections}): one client "
+                "cannot hold more connections than the server; lower it, or raise "
+                "serving.max_connections (LIVELEARN_SERVING__MAX_CONNECTIONS_PER_CLIENT, "
+                "LIVELEARN_SERVING__MAX_CONNECTIONS)"
+            )
+        return self
 
 
 class LogSettings(_Section):

@@ -40,15 +40,26 @@ def seed_model(dep: Deployment, n: int) -> list[dict[str, Any]]:
     return events
 
 
-@pytest.fixture
-def served(deploy: Callable[..., Deployment], unique_name: str) -> Iterator[ServerHandle]:
-    """A server over a model checkpointed straight into Redis (no Kafka needed)."""
-    dep = deploy(f"{unique_name}-topic")
-    seed_model(dep, 200)
+def serve_seeded(
+    deploy: Callable[..., Deployment],
+    name: str,
+    events: int,
+    serving: dict[str, Any] | None = None,
+) -> Iterator[ServerHandle]:
+    """For a fixture: a server (with ``serving`` settings) over a model of ``events``
+    checkpointed straight into Redis (no Kafka needed); it must stop cleanly."""
+    dep = deploy(f"{name}-topic", settings={"serving": serving} if serving else None)
+    seed_model(dep, events)
     server = dep.start_server()
     server.wait_ready()
     yield server
     assert server.terminate() == 0, server.tail()
+
+
+@pytest.fixture
+def served(deploy: Callable[..., Deployment], unique_name: str) -> Iterator[ServerHandle]:
+    """A server over a model checkpointed straight into Redis (no Kafka needed)."""
+    yield from serve_seeded(deploy, unique_name, 200)
 
 
 def test_prediction_follows_a_checkpoint_within_2_seconds(

@@ -11,6 +11,7 @@ and every refusal must be counted by its reason.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Deployment, ServerHandle, wait_for
-from tests.integration.test_api import seed_model
+from tests.integration.test_api import seed_model, serve_seeded
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +49,7 @@ ATTACKERS = 1
 
 @pytest.fixture
 def server(deploy: Callable[..., Deployment], unique_name: str) -> Iterator[ServerHandle]:
-    dep = deploy(f"{unique_name}-topic", settings={"serving": SERVING})
-    seed_model(dep, 200)
-    handle = dep.start_server()
-    handle.wait_ready()
-    yield handle
-    assert handle.terminate() == 0, handle.tail()
+    yield from serve_seeded(deploy, unique_name, 200, SERVING)
 
 
 def rss_bytes(pid: int) -> int:
@@ -294,19 +290,53 @@ def test_connection_level_refusals_are_answered_and_counted(
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert read_to_close(sock).startswith(b"HTTP/1.1 400 ")
 
+    other = httpx.Client(
+        base_url=server.url, timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
+    # One client holds every connection (3, its cap too): its next one is refused at once,
+    # while another client's takes the place of one of them.
     idle = [socket.create_connection(address) for _ in range(3)]
     try:
         r = httpx.get(f"{server.url}/healthz", timeout=10)
         assert r.status_code == 503, r.text
+        assert "max_connections_per_client" in r.text and r.headers["retry-after"] == "1"
+        assert other.get("/healthz").status_code == 200
+        time.sleep(0.2)
+        closed, _, _ = select.select(idle, [], [], 0)
+        assert len(closed) == 1 and closed[0].recv(1) == b"", closed  # closed for it
     finally:
+        other.close()
         for sock in idle:
+            sock.close()
+
+    # Requests in progress (their bodies awaited) are never closed for a new connection.
+    head = (
+        f"POST /v1/models/{dep.model}/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+        f"Content-Type: application/json\r\nAuthorization: {server.auth['Authorization']}\r\n\r\n"
+    ).encode()
+    busy = [socket.create_connection(address) for _ in range(3)]
+    try:
+        for sock in busy:
+            sock.sendall(head)
+        time.sleep(0.5)  # for the server to read the heads
+        with socket.create_connection(address, source_address=("127.0.0.2", 0)) as sock:
+            answer = read_to_close(sock)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"max_connections" in answer, answer
+    finally:
+        for sock in busy:
             sock.close()
 
     def metrics() -> str | None:
         r = httpx.get(f"{server.url}/metrics", timeout=10)
-        return r.text if r.status_code == 200 else None  # 503 until the idle ones are gone
+        return r.text if r.status_code == 200 else None
 
-    counted = wait_for(metrics, 10, "the idle connections to be closed")
-    for reason in ("headers_too_large", "bad_http", "over_capacity"):
+    counted = wait_for(metrics, 10, "the server to answer")
+    for reason in (
+        "headers_too_large",
+        "bad_http",
+        "too_many_connections",
+        "evicted",
+        "over_capacity",
+    ):
         assert f'livelearn_api_rejected_total{{reason="{reason}"}} 1.0' in counted, reason
     assert server.terminate() == 0, server.tail()

@@ -64,14 +64,37 @@ def test_the_shipped_config_loads() -> None:
         ({"models": [{**SPEC, "pipeline": [{"class": "os.system"}]}]}, ["models[0].pipeline[0]"]),
         ({"models": [{**SPEC, "topics": []}]}, ["models[0].topics"]),
         ({"models": [SPEC, SPEC]}, ["used twice"]),
+        (
+            {"serving": {"max_connections": 100, "max_connections_per_client": 200}},
+            [
+                "serving.max_connections_per_client (200)",
+                "serving.max_connections (100)",
+                "LIVELEARN_SERVING__MAX_CONNECTIONS_PER_CLIENT",
+            ],
+        ),
+        ({"serving": {"max_connections_per_client": 0}}, ["serving.max_connections_per_client"]),
     ],
-    ids=["literal", "range", "unknown-key", "outside-river", "no-topic", "duplicate-model"],
+    ids=[
+        "literal",
+        "range",
+        "unknown-key",
+        "outside-river",
+        "no-topic",
+        "duplicate-model",
+        "client-over-server",
+        "client-none",
+    ],
 )
 def test_bad_settings_name_the_setting(tmp_path, data, needles) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, data))
     for needle in needles:
         assert needle in str(info.value)
+
+
+def test_a_lower_connection_limit_needs_no_cap_per_client(tmp_path) -> None:
+    settings = load_settings(_write(tmp_path, {"serving": {"max_connections": 3}}))
+    assert settings.serving.max_connections == 3  # the server caps a client at 3 too
 
 
 def test_a_secret_value_never_appears_in_the_error(tmp_path, monkeypatch) -> None:
