@@ -69,8 +69,17 @@ run: install
 serve: install
 	$(PYTHON) -m livelearn.cli.main serve
 
-bench: install
-	$(PYTHON) -m bench
+# The bench extra holds the peers bench/bench_worker.py measures the worker against. It
+# conflicts with dev (quixstreams caps pydantic; pyproject.toml), so it lives in a venv of
+# its own, synced from the same uv.lock.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml uv.lock $(UV)
+	UV_PROJECT_ENVIRONMENT=$(BENCH_VENV) $(UV) sync --locked --extra bench
+	touch $@
+
+# `make bench ARGS="worker --rounds 1 --events 20000"` for a quick run (bench/__main__.py).
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench $(ARGS)
 
 # The container images docker-compose.yml uses: pulled, or built as local stand-ins where
 # no registry answers (devtools/images.py; root and debootstrap needed for the base).

@@ -1,11 +1,64 @@
-"""``python -m bench``: run every benchmark in one process, one after the other."""
+"""``python -m bench [NAME [ARGS...]]``: run the benchmarks (``make bench ARGS="..."``).
+
+``python -m bench`` runs every benchmark in one process, one after the other, each with
+its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of worker, replay,
+lookup and api, with its own arguments; e.g.
+``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
+``python -m bench worker --help`` for what it takes.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
 from bench import bench_api, bench_lookup, bench_replay, bench_worker
 
-if __name__ == "__main__":
-    bench_worker.main()
+
+def _replay(args: Sequence[str]) -> None:
+    if args:
+        raise SystemExit(f"python -m bench replay takes no arguments, got {' '.join(args)}")
     bench_replay.main()
-    bench_lookup.main()
-    bench_api.main()
+
+
+def _parsing_argv(name: str, run: Callable[[], None]) -> Callable[[Sequence[str]], None]:
+    """A benchmark whose ``main()`` parses ``sys.argv`` itself, given its arguments."""
+
+    def call(args: Sequence[str]) -> None:
+        saved = sys.argv
+        sys.argv = [f"python -m bench {name}", *args]
+        try:
+            run()
+        finally:
+            sys.argv = saved
+
+    return call
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
+    "worker": bench_worker.main,
+    "replay": _replay,
+    "lookup": _parsing_argv("lookup", bench_lookup.main),
+    "api": _parsing_argv("api", bench_api.main),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", nargs="?", choices=list(BENCHMARKS), help="one benchmark")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        for run in BENCHMARKS.values():
+            run([])
+    else:
+        BENCHMARKS[args.name](args.args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,29 +1,53 @@
-"""Worker throughput against River's own loop, on the same events, in one run.
+"""Worker throughput against River's own loop and the worker's peers, on the same events.
 
-(a) River's in-memory test-then-train loop over the decoded events;
-(b) a plain kafka-python consumer that decodes and learns, with no checkpoints;
-(c) the livelearn worker end to end (decode, validate, sanitize, metrics, drift,
-    checkpoints at the default cadence, offset commits).
+For each model, every case learns the same Phishing events (JSON) from the same
+one-partition topic, test-then-train (``predict_one``, the metric, ``learn_one``):
 
-Rates are measured from the first event handled to the last, so group joins
-and start-up are left out of all three alike. Target: c/a ≥ 0.8.
+- River's loop: the events already decoded in memory, Accuracy, no Kafka;
+- the peers, each with its library's defaults (bench/_peers.py): a kafka-python loop, a
+  confluent-kafka loop (``consume(batch)`` and orjson), a quixstreams Application and a
+  bytewax dataflow, Accuracy alone;
+- the livelearn worker with the spec's defaults (its default metrics, drift detector,
+  label-free monitor, rolling metrics and checkpoint cadence), and with the peers' work:
+  Accuracy alone, drift and monitor off (rolling metrics cannot be turned off, and
+  checkpoints keep the spec's cadence).
+
+Each rate counts from the first event handled to the last; for the worker, from the end
+of its first batch (the events after it are counted) to the checkpoint that holds the last
+event. Connecting, joining a group and closing are left out of every case alike.
+
+Rounds interleave: each round runs every case once, in the same order. The table gives
+each case's median rate and its spread over the rounds, its ratio to River's loop (each
+round's rate over River's loop's rate in that round, the median of those) and its ratio to
+the best peer's median. ARFClassifier's ten trees learn far slower than the other models,
+so it runs on fewer events (``--arf-events``).
+
+``python -m bench worker [--rounds 3] [--events 50000] [--arf-events 10000]
+[--models linear tree arf]``; e.g. ``python -m bench worker --rounds 1 --events 20000``
+for a quick run.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from river import datasets
 
+from bench import _peers
+from bench._report import best_peer, format_table, summarize
 from livelearn.learners import ModelSpec
 from livelearn.settings import KafkaSettings, load_settings
 from livelearn.stream.app import build_worker, ensure_topics
+from livelearn.stream.fetcher import KafkaRecord
+from livelearn.stream.worker import Partition, Shard
 
 SPECS: dict[str, dict[str, Any]] = {
     "StandardScaler|LogisticRegression": {
@@ -40,6 +64,42 @@ SPECS: dict[str, dict[str, Any]] = {
         "metrics": ["Accuracy"],
     },
 }
+ARF = "ARFClassifier(n_models=10)"
+# The models by their --models names, each as its label and spec body. ARF draws at random:
+# seeded, every case learns the same forest, at the same cost.
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "linear": ("StandardScaler|LogisticRegression", SPECS["StandardScaler|LogisticRegression"]),
+    "tree": ("HoeffdingTreeClassifier", SPECS["HoeffdingTreeClassifier"]),
+    "arf": (
+        ARF,
+        {
+            "task": "binary",
+            "pipeline": [{"class": "forest.ARFClassifier", "params": {"n_models": 10, "seed": 42}}],
+            "metrics": ["Accuracy"],
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model and its events on their topic: what each case of a round learns."""
+
+    label: str
+    body: dict[str, Any]
+    topic: str
+    values: list[bytes]
+    bootstrap: str
+    redis_url: str
+
+    @property
+    def n(self) -> int:
+        """How many events the topic holds."""
+        return len(self.values)
+
+    def spec(self) -> ModelSpec:
+        """The model spec the peers build their model and metric from."""
+        return _spec("bench", self.topic, self.body)
 
 
 def _events(n: int) -> list[bytes]:
@@ -80,7 +140,7 @@ def topic_with(bootstrap: str, values: list[bytes]) -> str:
 
 
 def river_loop(spec: ModelSpec, values: list[bytes]) -> float:
-    """(a) River's own loop on events already decoded in memory; events/s."""
+    """River's own loop on events already decoded in memory; events/s."""
     data = [orjson.loads(v) for v in values]
     data = [(e["features"], e["label"]) for e in data]
     model = spec.build_pipeline()
@@ -94,114 +154,178 @@ def river_loop(spec: ModelSpec, values: list[bytes]) -> float:
     return len(data) / (time.perf_counter() - started)
 
 
-def plain_consumer(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
-    """(b) kafka-python consumer + orjson + learner, no checkpoints; events/s."""
-    fetch = KafkaSettings()  # the worker's fetch sizes, so (b) is its transport baseline
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
-        fetch_max_bytes=fetch.fetch_max_bytes,
-    )
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    model = spec.build_pipeline()
-    metric = spec.build_metrics()[0]
-    seen = 0
-    started = 0.0
-    while seen < n:
-        for records in consumer.poll(timeout_ms=500, max_records=fetch.max_poll_records).values():
-            if not started:
-                started = time.perf_counter()
-            for rec in records:
-                e = orjson.loads(rec.value)
-                x, y = e["features"], e["label"]
-                y_pred = model.predict_one(x)
-                if y_pred is not None:
-                    metric.update(y, y_pred)
-                model.learn_one(x, y)
-                seen += 1
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return seen / elapsed
-
-
 def livelearn_worker(
-    bootstrap: str,
-    redis_url: str,
-    topic: str,
-    body: dict[str, Any],
-    n: int,
-    fetch_in_child: bool = KafkaSettings().fetch_in_child,
+    bootstrap: str, redis_url: str, topic: str, body: dict[str, Any], n: int
 ) -> float:
-    """(c) the livelearn worker end to end, default checkpoint cadence; events/s.
+    """The livelearn worker end to end, in a group of its own; events/s.
 
-    ``fetch_in_child=False`` gives (c1): the worker with its Kafka consumer on its own thread.
+    Decoding, validation, the spec's metrics, drift detector and monitor, checkpoints at
+    the spec's cadence and offset commits, with the default settings. The clock starts
+    once the first batch is learned, and counts the events after it; it stops at the
+    checkpoint that holds the ``n``-th event.
     """
     name = f"bench-{uuid.uuid4().hex[:8]}"
     os.environ.setdefault("LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2)
     os.environ.setdefault("LIVELEARN_SECURITY__HASH_KEY", uuid.uuid4().hex * 2)
     settings = load_settings(
         None,
-        kafka={"bootstrap_servers": bootstrap, "group_id": name, "fetch_in_child": fetch_in_child},
+        kafka={"bootstrap_servers": bootstrap, "group_id": name},
         redis={"url": redis_url, "key_prefix": name},
         log={"level": "WARNING", "format": "text", "progress_seconds": 3600},
         models=[{"name": name, "topics": [topic], **body}],
     )
-    proc = build_worker(settings, serve_http=False)
-    worker = proc.worker
-    marks: dict[str, float] = {}
+    shards: list[Shard] = []
+    started, counted_from, saved = 0.0, 0, 0.0
 
-    def watch() -> None:
-        while True:
-            shards = [s for p in list(worker._partitions.values()) for s in p.shards]
-            offset = shards[0].next_offset if shards else -1
-            if offset > 0 and "first" not in marks:
-                marks["first"] = time.perf_counter()
-            if offset >= n:
-                marks["last"] = time.perf_counter()
-                worker.stop()
-                return
-            time.sleep(0.005)
+    def on_batch(part: Partition, records: list[KafkaRecord]) -> None:
+        nonlocal started, counted_from, saved
+        shard = part.shards[0]
+        if not shards:
+            shards.append(shard)
+            started, counted_from = time.monotonic(), shard.next_offset
+        if shard.next_offset >= n:
+            if shard.checkpointed_offset >= n:  # written within the batch
+                saved = shard.last_checkpoint
+            proc.worker.stop()  # the worker checkpoints every shard as it stops
 
-    threading.Thread(target=watch, daemon=True).start()
+    proc = build_worker(settings, serve_http=False, on_batch=on_batch)
     proc.run(install_signals=False)
-    # The first mark lands up to one poll batch late; count from the offset seen then.
-    return n / (marks["last"] - marks["first"])
+    if not shards or shards[0].checkpointed_offset != n:
+        offset = shards[0].checkpointed_offset if shards else None
+        raise RuntimeError(f"the worker stopped with its checkpoint at {offset}, not at {n}")
+    if counted_from >= n:
+        raise RuntimeError(f"the worker's first batch held all {n} events: give it more events")
+    return (n - counted_from) / ((saved or shards[0].last_checkpoint) - started)
 
 
-def main(events: int = 100_000) -> None:
-    bootstrap, redis_url = services()
-    values = _events(events)
-    topic = topic_with(bootstrap, values)
-    print(f"worker throughput, {events} Phishing events on one partition\n")
-    print(
-        f"{'model':36} {'(a) river':>12} {'(b) consumer':>13} {'(c) worker':>12} "
-        f"{'c/a':>6} {'c/b':>6} {'(c1) 1 process':>15} {'c1/a':>6}"
-    )
-    costs = []
-    for label, body in SPECS.items():
-        spec = _spec("bench", topic, body)
-        a = river_loop(spec, values)
-        b = plain_consumer(bootstrap, topic, spec, events)
-        c = livelearn_worker(bootstrap, redis_url, topic, body, events)
-        c1 = livelearn_worker(bootstrap, redis_url, topic, body, events, False)
-        print(
-            f"{label:36} {a:10.0f}/s {b:11.0f}/s {c:10.0f}/s {c / a:6.2f} {c / b:6.2f} "
-            f"{c1:13.0f}/s {c1 / a:6.2f}"
+def _same_work(body: dict[str, Any]) -> dict[str, Any]:
+    """The spec doing the peers' work: Accuracy alone, no drift detector, no monitor."""
+    return {**body, "metrics": ["Accuracy"], "drift": None, "monitor": None}
+
+
+def _spec_defaults(body: dict[str, Any]) -> dict[str, Any]:
+    """The spec as a user writes it first: the task and the pipeline, defaults otherwise."""
+    return {"task": body["task"], "pipeline": body["pipeline"]}
+
+
+Case = Callable[[Workload], float]
+
+
+def _peer(run: Callable[[str, str, ModelSpec, int], float]) -> Case:
+    return lambda w: run(w.bootstrap, w.topic, w.spec(), w.n)
+
+
+def _worker(spec_body: Callable[[dict[str, Any]], dict[str, Any]]) -> Case:
+    return lambda w: livelearn_worker(w.bootstrap, w.redis_url, w.topic, spec_body(w.body), w.n)
+
+
+RIVER = "River loop (in memory)"
+PEERS: dict[str, Case] = {
+    "kafka-python loop": _peer(_peers.kafka_python_loop),
+    "confluent-kafka loop": _peer(_peers.confluent_loop),
+    "quixstreams app": _peer(_peers.quixstreams_app),
+    "bytewax flow": _peer(_peers.bytewax_flow),
+}
+CASES: dict[str, Case] = {
+    RIVER: lambda w: river_loop(w.spec(), w.values),
+    **PEERS,
+    "livelearn worker, spec defaults": _worker(_spec_defaults),
+    "livelearn worker, peers' work": _worker(_same_work),
+}
+
+
+def measure(workload: Workload, rounds: int) -> dict[str, list[float]]:
+    """Every case's rate in each round, a progress line a case."""
+    rates: dict[str, list[float]] = {case: [] for case in CASES}
+    for r in range(rounds):
+        for case, run in CASES.items():
+            rate = run(workload)
+            rates[case].append(rate)
+            print(
+                f"  round {r + 1}/{rounds}  {workload.label}  {case}: {rate:,.0f} events/s",
+                flush=True,
+            )
+    return rates
+
+
+def _rounds(n: int) -> str:
+    return "1 round" if n == 1 else f"{n} rounds"
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _notes(events: int, arf_events: int, models: Sequence[str]) -> str:
+    defaults = _spec("bench", "t", _spec_defaults(MODELS["linear"][1]))
+    drift = defaults.drift.class_ if defaults.drift is not None else "none"
+    cadence = defaults.checkpoint
+    lines = [
+        "*: the best peer. x river: each round's rate over River's loop's rate in that round,",
+        "the median over rounds. x best peer: the median over the best peer's median.",
+        f"livelearn, spec defaults: metrics {', '.join(defaults.metrics)}, drift detector "
+        f"{drift}, monitor on,",
+        f"rolling metrics over {defaults.rolling_window:,} events. livelearn, peers' work: "
+        "metrics Accuracy, no drift",
+        "detector, monitor off (rolling metrics cannot be turned off). Both checkpoint every "
+        f"{cadence.every_events:,}",
+        f"events or {cadence.every_seconds:g} s and as they stop, and time the events after "
+        "their first batch (at most",
+        f"kafka.max_poll_records = {KafkaSettings().max_poll_records:,}).",
+    ]
+    if "arf" in models:
+        lines.append(
+            f"{ARF} ran on {arf_events:,} events (--arf-events), the others on {events:,}."
         )
-        costs.append((label, 1e6 / a, 1e6 / b - 1e6 / a, 1e6 / c1 - 1e6 / b, 1e6 / c1 - 1e6 / c))
-    print(
-        "\ntarget: c/a >= 0.8  (c: the default worker, Kafka consumer in a child process;"
-        "\n c1: kafka.fetch_in_child=false, everything on one thread)"
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print("\nwhere the time goes, microseconds an event:")
-    print(f"{'model':36} {'river':>8} {'kafka+json':>11} {'worker':>8} {'child saves':>12}")
-    for label, river, transport, extra, saved in costs:
-        print(f"{label:36} {river:8.1f} {transport:11.1f} {extra:8.1f} {saved:12.1f}")
-    print(
-        "(kafka+json: kafka-python fetch and record parsing plus JSON, = 1/b - 1/a;\n"
-        " worker: validation, rolling metrics, drift, checkpoints, commits, = 1/c1 - 1/b;\n"
-        " child saves: what moving the consumer to a child process takes off, = 1/c1 - 1/c)"
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--events", type=int, default=50_000, help="events a model (default 50,000)"
     )
+    parser.add_argument(
+        "--arf-events", type=int, default=10_000, help=f"events for {ARF} (default 10,000)"
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to run"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.events < 1 or args.arf_events < 1:
+        parser.error("--rounds, --events and --arf-events take positive numbers")
+    bootstrap, redis_url = services()
+    counts = {m: args.arf_events if m == "arf" else args.events for m in args.models}
+    topics: dict[int, tuple[str, list[bytes]]] = {}
+    for n in sorted(set(counts.values())):
+        values = _events(n)
+        topics[n] = (topic_with(bootstrap, values), values)
+    print(
+        f"worker throughput: {len(CASES)} cases on the same Phishing events, one partition, "
+        f"{_rounds(args.rounds)} (load average {_load()})\n",
+        flush=True,
+    )
+    tables = []
+    for m in args.models:
+        label, body = MODELS[m]
+        topic, values = topics[counts[m]]
+        workload = Workload(label, body, topic, values, bootstrap, redis_url)
+        print(f"{label}, {workload.n:,} events:", flush=True)
+        rates = measure(workload, args.rounds)
+        best = best_peer(rates, list(PEERS))
+        table = format_table(summarize(rates, RIVER, list(PEERS)), best)
+        tables.append(f"{label}, {workload.n:,} events, {_rounds(args.rounds)}\n{table}")
+        print(f"\n{tables[-1]}\n", flush=True)
+    if len(tables) > 1:
+        print("all models:\n\n" + "\n\n".join(tables) + "\n")
+    print(_notes(args.events, args.arf_events, args.models))
+    print(f"(load average at the end {_load()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,12 +25,12 @@ from livelearn.settings import Settings
 from livelearn.store.checkpoints import RedisCheckpointStore
 from livelearn.store.connection import redis_client
 from livelearn.stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
-from livelearn.stream.fetcher import LocalConsumer, ProcessConsumer
+from livelearn.stream.fetcher import KafkaRecord, LocalConsumer, ProcessConsumer
 from livelearn.stream.health import HealthServer
 from livelearn.stream.label_router import LabelRouter, label_routes
 from livelearn.stream.metrics import WorkerMetrics
 from livelearn.stream.outage import Backoff
-from livelearn.stream.worker import Consumer, ShardProgress, Worker
+from livelearn.stream.worker import Consumer, Partition, ShardProgress, Worker
 
 log = logging.getLogger("livelearn.app")
 
@@ -142,9 +142,14 @@ def build_worker(
     settings: Settings,
     *,
     on_progress: Callable[[list[ShardProgress], float], None] | None = None,
+    on_batch: Callable[[Partition, list[KafkaRecord]], None] | None = None,
     serve_http: bool = True,
 ) -> WorkerProcess:
     """Connect to Kafka and Redis, create the dead-letter topics, and build a worker.
+
+    ``on_progress`` and ``on_batch`` are the worker's hooks (see ``Worker``); ``on_batch``
+    runs on the worker's thread after each batch is learned (bench/bench_worker.py times
+    the worker with it).
 
     Raises
     ------
@@ -222,6 +227,7 @@ def build_worker(
         hash_key,
         metrics,
         on_progress=on_progress,
+        on_batch=on_batch,
         consumer_factory=make_consumer,
     )
     http = None
