@@ -2,9 +2,9 @@
 # e.g. `docker run --rm livelearn produce phishing --rate 50`.
 #
 # Every dependency with compiled code (river, numpy, scipy, pydantic-core, crc32c for
-# kafka-python, orjson, msgspec, PyYAML) ships manylinux wheels for CPython 3.11 on x86_64
-# and aarch64, so no compiler is needed; the build stage keeps pip and the source out of
-# the final image.
+# kafka-python, confluent-kafka with its librdkafka, orjson, msgspec, PyYAML) ships
+# manylinux wheels for CPython 3.11 on x86_64 and aarch64, so no compiler is needed; the
+# build stage keeps uv, pip and the source out of the final image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

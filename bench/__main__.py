@@ -1,8 +1,8 @@
 """``python -m bench [NAME [ARGS...]]``: run the benchmarks (``make bench ARGS="..."``).
 
 ``python -m bench`` runs every benchmark in one process, one after the other, each with
-its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of worker, replay,
-lookup and api, with its own arguments; e.g.
+its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
+worker, replay, lookup and api, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -13,13 +13,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import bench_api, bench_lookup, bench_replay, bench_worker
+from bench import bench_api, bench_consume, bench_lookup, bench_replay, bench_worker
 
 
-def _replay(args: Sequence[str]) -> None:
-    if args:
-        raise SystemExit(f"python -m bench replay takes no arguments, got {' '.join(args)}")
-    bench_replay.main()
+def _without_args(name: str, run: Callable[[], None]) -> Callable[[Sequence[str]], None]:
+    """A benchmark that takes no arguments."""
+
+    def call(args: Sequence[str]) -> None:
+        if args:
+            raise SystemExit(f"python -m bench {name} takes no arguments, got {' '.join(args)}")
+        run()
+
+    return call
 
 
 def _parsing_argv(name: str, run: Callable[[], None]) -> Callable[[Sequence[str]], None]:
@@ -37,8 +42,9 @@ def _parsing_argv(name: str, run: Callable[[], None]) -> Callable[[Sequence[str]
 
 
 BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
+    "consume": _without_args("consume", bench_consume.main),
     "worker": bench_worker.main,
-    "replay": _replay,
+    "replay": _without_args("replay", bench_replay.main),
     "lookup": _parsing_argv("lookup", bench_lookup.main),
     "api": _parsing_argv("api", bench_api.main),
 }

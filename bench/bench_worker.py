@@ -44,10 +44,12 @@ from river import datasets
 from bench import _peers
 from bench._report import best_peer, format_table, summarize
 from livelearn.learners import ModelSpec
-from livelearn.settings import KafkaSettings, load_settings
+from livelearn.settings import KafkaClient, KafkaSettings, load_settings
 from livelearn.stream.app import build_worker, ensure_topics
 from livelearn.stream.fetcher import KafkaRecord
 from livelearn.stream.worker import Partition, Shard
+
+_KAFKA = KafkaSettings()  # the defaults
 
 SPECS: dict[str, dict[str, Any]] = {
     "StandardScaler|LogisticRegression": {
@@ -155,21 +157,27 @@ def river_loop(spec: ModelSpec, values: list[bytes]) -> float:
 
 
 def livelearn_worker(
-    bootstrap: str, redis_url: str, topic: str, body: dict[str, Any], n: int
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    body: dict[str, Any],
+    n: int,
+    client: KafkaClient = _KAFKA.client,
 ) -> float:
     """The livelearn worker end to end, in a group of its own; events/s.
 
     Decoding, validation, the spec's metrics, drift detector and monitor, checkpoints at
     the spec's cadence and offset commits, with the default settings. The clock starts
     once the first batch is learned, and counts the events after it; it stops at the
-    checkpoint that holds the ``n``-th event.
+    checkpoint that holds the ``n``-th event. ``client`` is ``kafka.client``, the consumer
+    backend.
     """
     name = f"bench-{uuid.uuid4().hex[:8]}"
     os.environ.setdefault("LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2)
     os.environ.setdefault("LIVELEARN_SECURITY__HASH_KEY", uuid.uuid4().hex * 2)
     settings = load_settings(
         None,
-        kafka={"bootstrap_servers": bootstrap, "group_id": name},
+        kafka={"bootstrap_servers": bootstrap, "group_id": name, "client": client},
         redis={"url": redis_url, "key_prefix": name},
         log={"level": "WARNING", "format": "text", "progress_seconds": 3600},
         models=[{"name": name, "topics": [topic], **body}],
@@ -215,8 +223,12 @@ def _peer(run: Callable[[str, str, ModelSpec, int], float]) -> Case:
     return lambda w: run(w.bootstrap, w.topic, w.spec(), w.n)
 
 
-def _worker(spec_body: Callable[[dict[str, Any]], dict[str, Any]]) -> Case:
-    return lambda w: livelearn_worker(w.bootstrap, w.redis_url, w.topic, spec_body(w.body), w.n)
+def _worker(
+    spec_body: Callable[[dict[str, Any]], dict[str, Any]], client: KafkaClient = _KAFKA.client
+) -> Case:
+    return lambda w: livelearn_worker(
+        w.bootstrap, w.redis_url, w.topic, spec_body(w.body), w.n, client
+    )
 
 
 RIVER = "River loop (in memory)"
@@ -231,6 +243,7 @@ CASES: dict[str, Case] = {
     **PEERS,
     "livelearn worker, spec defaults": _worker(_spec_defaults),
     "livelearn worker, peers' work": _worker(_same_work),
+    "livelearn worker, peers' work, confluent": _worker(_same_work, "confluent"),
 }
 
 

@@ -28,6 +28,9 @@ DEFAULT_CONFIG = Path("config/livelearn.yaml")
 ENV_PREFIX = "LIVELEARN_"
 
 AutoOffsetReset = Literal["earliest", "latest"]
+# The worker's Kafka consumer: librdkafka through confluent-kafka (stream/_confluent.py), or
+# kafka-python (stream/fetcher.py).
+KafkaClient = Literal["confluent", "kafka-python"]
 LogFormat = Literal["auto", "json", "text"]
 
 _SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password", "tokens"})
@@ -41,6 +44,9 @@ class _Section(BaseModel):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = None
+    # Which consumer the worker runs. The default is to be chosen by measurement
+    # (bench/bench_consume.py, bench/bench_worker.py).
+    client: KafkaClient = "kafka-python"
     group_id: str = "livelearn"
     client_id: str = "livelearn-worker"
     auto_offset_reset: AutoOffsetReset = "earliest"
@@ -63,7 +69,8 @@ class KafkaSettings(_Section):
     metadata_max_age_ms: int = Field(10_000, ge=1_000)
     # Run the Kafka consumer (fetching, record parsing, group membership) in a child
     # process, so it uses a second core instead of the learning thread's time.
-    # Turn it off where a worker has a single core.
+    # Turn it off where a worker has a single core. kafka-python only: librdkafka fetches
+    # and parses on threads of its own, outside the GIL.
     fetch_in_child: bool = True
 
 

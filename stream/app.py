@@ -24,6 +24,7 @@ from livelearn.learners import SnapshotCodec
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import RedisCheckpointStore
 from livelearn.store.connection import redis_client
+from livelearn.stream._confluent import ConfluentConsumer, librdkafka_config
 from livelearn.stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
 from livelearn.stream.fetcher import KafkaRecord, LocalConsumer, ProcessConsumer
 from livelearn.stream.health import HealthServer
@@ -204,7 +205,13 @@ def build_worker(
     # connections but does not answer is an outage the worker rides out, not a hang.
     start_timeout = max(15.0, min(60.0, settings.outage.timeout_s))
 
+    rdkafka_config = librdkafka_config(k, bootstrap)
+
     def make_consumer() -> Consumer:
+        if k.client == "confluent":
+            # librdkafka connects in the background: a Kafka that does not answer shows in
+            # the consumer's status, which the worker watches (`KafkaWatch`).
+            return ConfluentConsumer(rdkafka_config, k.max_poll_records)
         try:
             if k.fetch_in_child:
                 return ProcessConsumer(config, k.poll_timeout_ms, start_timeout)

@@ -54,7 +54,8 @@ class KafkaRecord(Protocol):
     """A consumed Kafka record, as the worker and its ``on_batch`` hook read it.
 
     kafka-python's ``ConsumerRecord`` (a consumer in this process) and ``Record`` (from
-    ``ProcessConsumer``) both have these fields, by name; their positions differ.
+    ``ProcessConsumer`` and ``ConfluentConsumer``) both have these fields, by name; their
+    positions differ.
     """
 
     @property
@@ -174,7 +175,8 @@ def finish_join(consumer: KafkaConsumer) -> bool:
 
 
 class Record(NamedTuple):
-    """The parts of a Kafka record the worker reads, as ``ProcessConsumer`` hands them over."""
+    """The parts of a Kafka record the worker reads, as ``ProcessConsumer`` and
+    ``ConfluentConsumer`` hand them over."""
 
     topic: str
     partition: int
@@ -182,7 +184,7 @@ class Record(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
 
 
 # The messages on the pipe, a kind first.

@@ -66,7 +66,8 @@ _PROBE_S = 5.0
 
 
 class Consumer(Protocol):
-    """The part of kafka-python's ``KafkaConsumer`` the worker uses."""
+    """The part of kafka-python's ``KafkaConsumer`` the worker uses (stream/fetcher.py
+    implements it on kafka-python, stream/_confluent.py on librdkafka)."""
 
     def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None: ...
     def poll(
@@ -1399,10 +1400,11 @@ _NO_CONSUMER: Consumer = _NoConsumer()
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Records revoked and assigned partitions; the worker loop does the rest.
 
-    ``ProcessConsumer`` calls them on the worker's thread, inside ``poll()``. kafka-python
-    calls them on its IO thread: a revocation while the worker's thread waits in
-    ``poll()``, but an assignment may finish after ``poll()`` gave up waiting for it, so
-    the bookkeeping they share with the loop is guarded (``Worker._assigning``).
+    ``ProcessConsumer`` and ``ConfluentConsumer`` call them on the worker's thread, inside
+    ``poll()``. kafka-python calls them on its IO thread: a revocation while the worker's
+    thread waits in ``poll()``, but an assignment may finish after ``poll()`` gave up
+    waiting for it, so the bookkeeping they share with the loop is guarded
+    (``Worker._assigning``).
     """
 
     def __init__(self, worker: Worker) -> None:

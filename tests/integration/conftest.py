@@ -37,6 +37,21 @@ LOGREG_PIPELINE = [
 ]
 
 
+# The worker's Kafka consumers, as the settings choose them (`kafka.client`,
+# `kafka.fetch_in_child`): the tests of its exactly-once guarantees run on each of them.
+CONSUMERS: dict[str, dict[str, Any]] = {
+    "child-fetcher": {"client": "kafka-python", "fetch_in_child": True},
+    "in-process": {"client": "kafka-python", "fetch_in_child": False},
+    "confluent": {"client": "confluent"},
+}
+each_consumer = pytest.mark.parametrize("consumer", list(CONSUMERS.values()), ids=list(CONSUMERS))
+
+
+def runs_a_fetch_process(consumer: dict[str, Any]) -> bool:
+    """Whether a worker with the ``consumer`` settings runs kafka-python in a child process."""
+    return consumer["client"] == "kafka-python" and consumer["fetch_in_child"]
+
+
 def wait_for(
     condition: Callable[[], Any],
     timeout: float,
@@ -164,10 +179,11 @@ class Deployment:
         self.servers.append(handle)
         return handle
 
-    def start_worker(self) -> WorkerHandle:
+    def start_worker(self, env: dict[str, str] | None = None) -> WorkerHandle:
+        """Run ``livelearn worker``; ``env`` adds variables (settings) for this one."""
         port = free_port()
         log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
-        env = {**self.env, "LIVELEARN_HTTP__PORT": str(port)}
+        env = {**self.env, **(env or {}), "LIVELEARN_HTTP__PORT": str(port)}
         handle = WorkerHandle(self._spawn("worker", env, log_path), log_path, port)
         self.workers.append(handle)
         return handle

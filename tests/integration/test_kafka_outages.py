@@ -121,10 +121,18 @@ FAST = {  # detect a stall within seconds, and give a restarting broker a minute
 }
 
 
+# The broker restarts, on each Kafka client (librdkafka reconnects and rejoins by itself).
+each_client = pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+
+
+@each_client
 def test_broker_restarted_as_the_worker_joins_learns_every_event_once(
-    private_kafka, on_private_kafka
+    private_kafka, on_private_kafka, client
 ) -> None:
-    dep = on_private_kafka(settings=FAST, checkpoint={"every_events": 37, "every_seconds": 0.3})
+    dep = on_private_kafka(
+        settings={**FAST, "kafka": {"client": client}},
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+    )
     events = phishing_events(n=1000)
     produce(dep.bootstrap, dep.topic, encode(events))
     worker = dep.start_worker()
@@ -138,10 +146,14 @@ def test_broker_restarted_as_the_worker_joins_learns_every_event_once(
     assert_learned_as_rivers_loop(dep.learner(), events)
 
 
+@each_client
 def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
-    private_kafka, on_private_kafka
+    private_kafka, on_private_kafka, client
 ) -> None:
-    dep = on_private_kafka(settings=FAST, checkpoint={"every_events": 37, "every_seconds": 0.3})
+    dep = on_private_kafka(
+        settings={**FAST, "kafka": {"client": client}},
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+    )
     events = phishing_events(n=1200)
     produce(dep.bootstrap, dep.topic, encode(events[:600]))
     worker = dep.start_worker()

@@ -33,6 +33,7 @@ from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from tests.integration.conftest import (
     Deployment,
     WorkerHandle,
+    each_consumer,
     encode,
     free_port,
     phishing_events,
@@ -283,15 +284,15 @@ def test_redis_down_past_the_outage_timeout_exits_69_naming_redis(
     assert_learned_as_rivers_loop(dep.learner(), events)
 
 
-@pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
+@each_consumer
 def test_a_fenced_shard_is_reported_then_claimed_again_and_learns_every_event_once(
-    make_topic, deploy, fetch_in_child
+    make_topic, deploy, consumer
 ) -> None:
     topic = make_topic(partitions=1)
     dep = deploy(
         topic,
         checkpoint={"every_events": 40, "every_seconds": 0.2},
-        settings={"kafka": {"fetch_in_child": fetch_in_child}},
+        settings={"kafka": consumer},
     )
     events = phishing_events(n=900)
     producer = threading.Thread(
@@ -316,9 +317,10 @@ def test_a_fenced_shard_is_reported_then_claimed_again_and_learns_every_event_on
     assert_learned_as_rivers_loop(dep.learner(), events)
 
 
-def test_new_shards_start_where_their_specs_say(make_topic, deploy) -> None:
+@each_consumer
+def test_new_shards_start_where_their_specs_say(make_topic, deploy, consumer) -> None:
     topic = make_topic(partitions=1)
-    dep = deploy(topic, start="earliest")
+    dep = deploy(topic, start="earliest", settings={"kafka": consumer})
     t0 = 1_700_000_000_000
     events = phishing_events(n=150)
     producer = KafkaProducer(bootstrap_servers=dep.bootstrap, acks="all")

@@ -22,10 +22,12 @@ from livelearn.stream.dlq import read_headers
 from tests.integration.conftest import (
     LOGREG_PIPELINE,
     WorkerHandle,
+    each_consumer,
     encode,
     phishing_events,
     produce,
     read_all,
+    runs_a_fetch_process,
     wait_for,
 )
 
@@ -69,10 +71,10 @@ def assert_learned_as_rivers_loop(learner: Any, events: list[dict[str, Any]]) ->
     _assert_same_predictions(learner.model, reference)
 
 
-@pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
-def test_one_partition_equals_rivers_own_loop(make_topic, deploy, fetch_in_child) -> None:
+@each_consumer
+def test_one_partition_equals_rivers_own_loop(make_topic, deploy, consumer) -> None:
     topic = make_topic(partitions=1)
-    dep = deploy(topic, settings={"kafka": {"fetch_in_child": fetch_in_child}})
+    dep = deploy(topic, settings={"kafka": consumer})
     events = phishing_events(n=1000)
     produce(dep.bootstrap, topic, encode(events))
     worker = dep.start_worker()
@@ -126,15 +128,13 @@ def _running(process: _Process) -> bool:
     return state != "Z" and start_ticks == process.start_ticks
 
 
-@pytest.mark.parametrize("fetch_in_child", [True, False], ids=["child-fetcher", "in-process"])
-def test_sigkill_at_several_points_learns_every_event_once(
-    make_topic, deploy, fetch_in_child
-) -> None:
+@each_consumer
+def test_sigkill_at_several_points_learns_every_event_once(make_topic, deploy, consumer) -> None:
     topic = make_topic(partitions=1)
     dep = deploy(
         topic,
         checkpoint={"every_events": 37, "every_seconds": 0.3},
-        settings={"kafka": {"fetch_in_child": fetch_in_child}},
+        settings={"kafka": consumer},
     )
     events = phishing_events(n=1000)
     producer = threading.Thread(
@@ -163,11 +163,19 @@ def test_sigkill_at_several_points_learns_every_event_once(
     assert "shard restored" in worker.log()
     # One fetch process a worker, or none when the worker fetches itself; and nothing
     # outlives a worker, killed or stopped: its fetch process leaves with it.
-    assert len(fetchers) == (4 if fetch_in_child else 0), fetchers
+    assert len(fetchers) == (4 if runs_a_fetch_process(consumer) else 0), fetchers
     wait_for(lambda: not any(_running(p) for p in fetchers), 10, "the fetch processes to exit")
 
 
-def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) -> None:
+@pytest.mark.parametrize(
+    "clients",
+    [("kafka-python", "kafka-python"), ("confluent", "confluent"), ("kafka-python", "confluent")],
+    ids=["kafka-python", "confluent", "one-of-each"],
+)
+def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy, clients) -> None:
+    """Two workers share the partitions, then one stops mid-stream and the other takes them
+    over. One of each backend in one group: a deployment can move from one to the other
+    worker by worker (both offer kafka-python's eager assignors)."""
     partitions = 4
     topic = make_topic(partitions=partitions)
     dep = deploy(topic, checkpoint={"every_events": 50, "every_seconds": 0.5})
@@ -178,7 +186,7 @@ def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy) 
         kwargs={"partitions": partitions, "rate": 200},
     )
     producer.start()
-    first, second = dep.start_worker(), dep.start_worker()
+    first, second = (dep.start_worker({"LIVELEARN_KAFKA__CLIENT": client}) for client in clients)
 
     wait_for(
         lambda: _owns_a_shard(first) and _owns_a_shard(second),
