@@ -475,6 +475,7 @@ class Worker:
                 for shard in shards:
                     if shard.next_offset <= offset:
                         shard.next_offset = offset + 1
+                        shard.pending += 1  # the skip itself must reach a checkpoint
                 continue
             for shard in shards:
                 if offset < shard.next_offset:

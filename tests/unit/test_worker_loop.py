@@ -5,6 +5,7 @@ The same behaviours are proven on real Kafka and Redis in tests/integration.
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 from typing import Any
 
@@ -308,3 +309,26 @@ def test_a_revoked_partition_leaves_no_stale_gauges() -> None:
     worker.run()
     assert listener_holder == [None, None]
     assert store.rows[SHARD].next_offset == 10
+
+
+def test_dead_letters_at_the_end_of_a_partition_reach_a_time_checkpoint() -> None:
+    """The newest records of a partition are undecodable: the next time-due checkpoint
+    still moves past them, as the consumer's lag already does, while the worker runs."""
+    store = FakeStore()
+    worker, consumer, dlq = _worker(store, every_events=10)
+    consumer.batches = [{TP: _records(15, bad=frozenset(range(10, 15)))}]
+    consumer.subscribe = lambda topics, listener: listener.on_partitions_assigned([TP])  # type: ignore[method-assign]
+    due: list[list[int]] = []
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None):
+        if consumer.batches:
+            return consumer.batches.pop(0)
+        worker._checkpoint_due(time.monotonic() + 3600)  # an hour on: every cadence is due
+        due.append([offset for _, offset in store.saves])
+        worker.stop()
+        return {}
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    worker.run()
+    assert len(dlq.sent) == 5
+    assert due == [[10, 15]]
