@@ -3,7 +3,9 @@
 - `stream.fetcher`: Kafka in, with kafka-python, in this process or in a child process;
 - `stream.decode`: decode and validate an event (`EventDecoder`);
 - `stream.dlq`: the dead-letter topic for the events that fail;
-- `stream.worker`: the loop that feeds each partition's learner shard and checkpoints it;
+- `stream.worker`: the loop that feeds each partition's learner shard and checkpoints it
+  (its jobs in `stream._events`, `stream._checkpointing`, `stream._claims` and
+  `stream._reporting`);
 - `stream.kafka_watch`: whether Kafka answers the consumer, and whether it makes progress;
 - `stream.health`, `stream.metrics`: /healthz, /readyz and /metrics;
 - `stream.app`: the worker wired to the real Kafka, Redis and HTTP server;

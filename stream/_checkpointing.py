@@ -1,0 +1,246 @@
+"""A shard's checkpoints and its fencing: writing model state with the offset it covers,
+committing Kafka's offsets after, and what happens when the store no longer holds the
+shard's claim.
+
+Model state and offsets are written together, fenced by the shard's epoch
+(store/checkpoints.py): after a crash at any point every event's effect is in the model
+exactly once, and a worker that lost a shard can no longer overwrite it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from livelearn.errors import DeadLetterError, ServiceUnavailable, StaleEpochError
+from livelearn.stream._reporting import Reporting
+from livelearn.stream._shard import Partition, Shard, Trigger
+
+log = logging.getLogger("livelearn.worker")
+
+# How often the loop checks that Redis answers and still holds each live shard's claim
+# (one MGET): the bound on how long an idle worker takes to see a Redis that restarted.
+_PROBE_S = 5.0
+
+
+class Checkpointing(Reporting):
+    """Checkpoints, offset commits, and the shards whose claim was lost."""
+
+    def _checkpoint_due(self, now: float) -> None:
+        if self._redis.active:
+            return  # retried by `_tend` once Redis answers again
+        written = self._write_checkpoints(
+            "time",
+            lambda s: s.pending > 0 and now - s.last_checkpoint >= s.spec.checkpoint.every_seconds,
+        )
+        self._commit(written)
+
+    def _write_checkpoints(self, trigger: Trigger, due: Callable[[Shard], bool]) -> list[Partition]:
+        """Checkpoint every live shard for which ``due`` holds; the partitions written to."""
+        written = []
+        for part in list(self._partitions.values()):
+            wrote = False
+            for shard in list(part.shards):
+                if due(shard):
+                    wrote = self._checkpoint(part, shard, trigger) or wrote
+            if wrote:
+                written.append(part)
+        return written
+
+    def _checkpoint(self, part: Partition, shard: Shard, trigger: Trigger) -> bool:
+        """Write one shard's checkpoint; True if written.
+
+        While Redis does not answer nothing is written: the shard keeps its state and its
+        pending events in memory, and is saved once Redis is back (a checkpoint lands
+        whole or not at all). A write refused for a stale epoch goes to `_refused`.
+        """
+        if self._redis.active:
+            return False
+        if self._dead_letters_pending:
+            # Dead letters must be durable before a checkpoint moves past them.
+            try:
+                self._dlq.flush()
+            except DeadLetterError as exc:
+                self._lost_dead_letters(exc)
+            self._dead_letters_pending = False
+            if not any(s is shard for s in part.shards):  # held: a dead letter of it was lost
+                return False
+        started = time.perf_counter()
+        blob = self._codec.encode(shard.learner)
+        stats = shard.learner.stats()
+        try:
+            version = self._store.save(shard.id, shard.epoch, blob, shard.next_offset, stats)
+        except ServiceUnavailable as exc:
+            self._store_failed(exc)
+            return False
+        except StaleEpochError as exc:
+            self._store_answered()
+            if self._partitions.get(part.tp) is part:
+                self._refused(part, shard, exc.current)
+            else:  # revoked: the new owner has claimed it and restores its last checkpoint
+                log.info(
+                    "revoked shard not saved: its new owner claimed it first and re-learns "
+                    "its last %d events",
+                    shard.pending,
+                    extra={"fields": {"shard": str(shard.id)}},
+                )
+            return False
+        self._store_answered()
+        elapsed = time.perf_counter() - started
+        shard.base_blob = blob
+        shard.since_base.clear()
+        shard.checkpointed_offset = shard.next_offset
+        shard.based_on = (shard.epoch, version)
+        shard.pending = 0
+        shard.last_checkpoint = time.monotonic()
+        self._report_checkpoint(part, shard, trigger, len(blob), stats, elapsed)
+        return True
+
+    def _save_pending(self) -> None:
+        """Checkpoint every live shard with pending events, and commit after."""
+        self._commit(self._write_checkpoints("retry", lambda s: s.pending > 0))
+
+    def _save_revoked(self, part: Partition) -> None:
+        """Checkpoint the pending shards of a revoked partition. The save is fenced: if the
+        new owner claimed a shard first it is refused, and the new owner re-learns."""
+        for shard in list(part.shards):
+            if shard.pending:
+                self._checkpoint(part, shard, "revoke")
+
+    def _lost_dead_letters(self, exc: DeadLetterError) -> None:
+        """Hold every shard of each partition whose dead letter was lost at its last
+        checkpoint: none may pass the event, and after a restart it is sent again."""
+        for topic, partition, offset in exc.sources:
+            self._metrics.dead_letter_failures.labels(topic).inc()
+            tp = TopicPartition(topic, partition)
+            part = self._partitions.get(tp)
+            if part is None and tp in self._released:  # revoked, its late save not done
+                part = self._released[tp][0]
+            if part is None:
+                continue
+            log.error(
+                "dead letter lost: partition stopped at its last checkpoint: %s",
+                exc,
+                extra={"fields": {"topic": topic, "partition": partition, "offset": offset}},
+            )
+            for shard in list(part.shards):
+                self._hold(part, shard, shard.checkpointed_offset)
+
+    def _commit(self, parts: Iterable[Partition], wait: bool = False) -> None:
+        """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth).
+
+        In the loop and on revoke the commit is asynchronous: a synchronous one waits for a
+        broker round trip, time the loop would otherwise spend learning many events, and
+        is refused inside a rebalance listener. On shutdown it waits, so the group sees
+        the final offsets.
+        """
+        offsets = {}
+        for part in parts:
+            offset = part.commit_offset()
+            if offset is not None:
+                offsets[part.tp] = OffsetAndMetadata(offset, "", -1)
+        if not offsets:
+            return
+        try:
+            if wait:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets, callback=_log_commit_failure)
+        except Exception as exc:  # a commit during a rebalance may fail; harmless here
+            log.warning("offset commit failed: %s", exc)
+
+    def _probe(self) -> bool:
+        """Ask Redis for every live shard's epoch: True when it answers. A shard whose claim
+        Redis no longer holds (a restart that lost data, another owner) goes to `_refused`
+        without waiting for its next checkpoint."""
+        live = [(part, shard) for part in self._partitions.values() for shard in part.shards]
+        try:
+            epochs = self._store.epochs([shard.id for _, shard in live])
+        except ServiceUnavailable as exc:
+            self._store_failed(exc)
+            return False
+        self._next_probe = time.monotonic() + _PROBE_S
+        self._store_answered()
+        for (part, shard), epoch in zip(live, epochs, strict=True):
+            if epoch != shard.epoch and any(s is shard for s in part.shards):
+                self._refused(part, shard, epoch)
+        return True
+
+    def _refused(self, part: Partition, shard: Shard, current: int | None) -> None:
+        """The store no longer holds ``shard``'s claim: a save was refused, or the probe saw
+        another epoch. Either way it is counted, logged and never silently dropped.
+
+        Epochs never repeat (`store.checkpoints`), so no epoch, or an older one, means
+        Redis lost the claim (a restart without its data, or from an older snapshot) and
+        nobody has claimed the shard since: the worker takes it back and writes the state
+        it holds, which has every event up to its next offset exactly once. A newer epoch
+        means another worker, or a model reset, claimed it: the shard stops learning
+        (/readyz lists it) and waits to be revoked; if the group still assigns the
+        partition here after `_fence_grace_s`, `_reclaim_fenced` claims it again.
+        """
+        if current is None or current < shard.epoch:
+            try:
+                epoch = self._store.reclaim(shard.id, current)
+            except ServiceUnavailable as exc:
+                self._store_failed(exc)
+                return  # the next probe finds the claim missing and tries again
+            if epoch is not None:
+                self._metrics.stale_epochs.labels(shard.id.model).inc()
+                log.warning(
+                    "Redis lost the claim on shard %s (epoch %d, found %s: restarted without "
+                    "its data?); claimed it again with epoch %d and writes its state, up to "
+                    "offset %d, from memory",
+                    shard.id,
+                    shard.epoch,
+                    current,
+                    epoch,
+                    shard.next_offset,
+                    extra={"fields": {"shard": str(shard.id)}},
+                )
+                shard.epoch = epoch
+                shard.pending = max(shard.pending, 1)
+                self._checkpoint(part, shard, "reclaim")
+                return
+            current = None  # claimed by someone else meanwhile
+        self._metrics.stale_epochs.labels(shard.id.model).inc()
+        part.shards = [s for s in part.shards if s is not shard]
+        part.fenced[shard.id] = time.monotonic()
+        log.error(
+            "shard %s fenced out: its epoch %d was replaced (%s) by another worker or a model "
+            "reset; it stops learning, and is claimed again from its checkpoint in %.0f s "
+            "(kafka.session_timeout_ms) unless its partition is revoked meanwhile",
+            shard.id,
+            shard.epoch,
+            "unknown" if current is None else current,
+            self._fence_grace_s,
+            extra={"fields": {"shard": str(shard.id), "pending_events": shard.pending}},
+        )
+        self._sync_pause()
+
+    def _reclaim_fenced(self, now: float) -> None:
+        """Claim fenced shards again where the group still assigns their partition here
+        after `_fence_grace_s`: by Kafka's word nobody else owns it. The partition goes
+        through a claim as if newly assigned (paused, claimed, sought, resumed); its other
+        shards are saved and kept."""
+        for tp, part in list(self._partitions.items()):
+            if not part.fenced or now - min(part.fenced.values()) < self._fence_grace_s:
+                continue
+            log.warning(
+                "claiming fenced shards again: the group still assigns their partition to this "
+                "worker",
+                extra={"fields": {"shards": [str(s) for s in part.fenced]}},
+            )
+            with self._assigning:
+                del self._partitions[tp]
+                self._released[tp] = (part, self._assignments)
+                self._pending[tp] = now
+        self._sync_pause()
+
+
+def _log_commit_failure(offsets: dict[TopicPartition, OffsetAndMetadata], result: object) -> None:
+    if isinstance(result, Exception):
+        log.warning("offset commit failed: %s", result)

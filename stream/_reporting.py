@@ -1,0 +1,213 @@
+"""What the worker reports: event counts, checkpoint gauges, model metrics, label-free
+signals and alarms, lag and progress lines (the metrics are in stream/metrics.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from livelearn.learners import combine_metrics
+from livelearn.learners.monitor import SIGNALS
+from livelearn.stream._base import WorkerState
+from livelearn.stream._shard import Partition, Shard, ShardProgress, Trigger
+
+log = logging.getLogger("livelearn.worker")
+
+
+class Reporting(WorkerState):
+    """The worker's metrics and progress lines."""
+
+    def progress(self) -> list[ShardProgress]:
+        """Counts and metrics of every live shard (call it on the worker's thread)."""
+        out = []
+        for part in list(self._partitions.values()):
+            for shard in list(part.shards):
+                stats = shard.learner.stats()
+                out.append(
+                    ShardProgress(
+                        shard.id,
+                        shard.next_offset,
+                        stats["events_learned"],
+                        stats["events_scored"],
+                        stats["metrics"],
+                        stats["rolling_metrics"],
+                    )
+                )
+        return out
+
+    def _report_checkpoint(
+        self,
+        part: Partition,
+        shard: Shard,
+        trigger: Trigger,
+        size: int,
+        stats: dict[str, Any],
+        elapsed: float,
+    ) -> None:
+        """A checkpoint of ``shard`` was written: its cost, and the gauges it refreshes."""
+        m = self._metrics
+        m.checkpoint_seconds.labels(shard.id.model).observe(elapsed)
+        m.checkpoints.labels(shard.id.model, trigger).inc()
+        log.debug(
+            "checkpoint written",
+            extra={
+                "fields": {
+                    "shard": str(shard.id),
+                    "next_offset": shard.next_offset,
+                    "bytes": size,
+                    "seconds": round(elapsed, 6),
+                    "trigger": trigger,
+                }
+            },
+        )
+        if self._partitions.get(part.tp) is not part:
+            return  # revoked: its new owner reports the shard's gauges
+        labels = (shard.id.model, shard.id.topic, str(shard.id.partition))
+        m.checkpoint_size.labels(*labels).set(size)
+        m.checkpoint_time.labels(*labels).set(time.time())
+        holdout = stats.get("holdout", {})
+        for window, values in (
+            ("cumulative", stats["metrics"]),
+            ("rolling", stats["rolling_metrics"]),
+            ("holdout", holdout.get("metrics", {})),
+        ):
+            for name, value in values.items():
+                if value is not None:
+                    m.model_metric.labels(*labels, name, window).set(value)
+        for name, gap in holdout.get("gap", {}).items():
+            if gap is not None:
+                m.holdout_gap.labels(*labels, name).set(gap)
+        if "monitor" in stats:
+            self._report_monitor(shard, stats["monitor"], labels)
+
+    def _report_counts(self, part: Partition) -> None:
+        events = self._metrics.events
+        drift = self._metrics.drift
+        for shard in part.shards:
+            learner = shard.learner
+            if learner.events_learned != shard.reported_learned:
+                events.labels(shard.id.model, "learned").inc(
+                    learner.events_learned - shard.reported_learned
+                )
+                shard.reported_learned = learner.events_learned
+            only_scored = learner.events_only_scored
+            if only_scored != shard.reported_scored:
+                events.labels(shard.id.model, "scored").inc(only_scored - shard.reported_scored)
+                shard.reported_scored = only_scored
+            if shard.delayed:
+                self._report_labels(shard)
+            detections = learner.drift_detections
+            if detections != shard.reported_drift:
+                drift.labels(shard.id.model, shard.id.topic, str(shard.id.partition)).inc(
+                    detections - shard.reported_drift
+                )
+                shard.reported_drift = detections
+
+    def _report_monitor(
+        self, shard: Shard, monitor: dict[str, Any], labels: tuple[str, str, str]
+    ) -> None:
+        """The label-free signals of the last finished window, and new alarms."""
+        m = self._metrics
+        for signal, value in monitor["signals"].items():
+            if value is not None:
+                m.signal.labels(*labels, signal).set(value)
+        for signal, grown in _growth(shard.reported_alarms, monitor["alarms"]).items():
+            m.alarms.labels(shard.id.model, signal).inc(grown)
+            log.warning(
+                "label-free alarm: %s",
+                signal,
+                extra={
+                    "fields": {
+                        "shard": str(shard.id),
+                        "value": monitor["signals"].get(signal),
+                        "feature": monitor["shifted_feature"],
+                    }
+                },
+            )
+
+    def _report_labels(self, shard: Shard) -> None:
+        """Joined and expired predictions since the last report, and those pending."""
+        model = shard.id.model
+        for outcome, grown in _growth(shard.reported_labels, shard.learner.label_counts).items():
+            self._metrics.labels.labels(model, outcome).inc(grown)
+        self._metrics.pending_labels.labels(model, shard.id.topic, str(shard.id.partition)).set(
+            shard.learner.pending_labels
+        )
+
+    def _update_lag(self, part: Partition) -> None:
+        end = self._consumer.highwater(part.tp)
+        offset = part.position()
+        if end is not None and offset is not None:
+            self._metrics.consumer_lag.labels(part.tp.topic, str(part.tp.partition)).set(
+                max(0, end - offset)
+            )
+
+    def _report_progress(self, learned_before: int, seconds: float) -> int:
+        progress = self.progress()
+        learned = sum(p.events_learned for p in progress)
+        if self._on_progress is not None:
+            self._on_progress(progress, (learned - learned_before) / seconds)
+        else:
+            log.info(
+                "progress",
+                extra={
+                    "fields": {
+                        "events_learned": learned,
+                        "events_per_s": round((learned - learned_before) / seconds, 1),
+                        "models": summarize(progress),
+                    }
+                },
+            )
+        return learned
+
+    def _forget_gauges(self, part: Partition) -> None:
+        """Drop a departed partition's gauges: its new owner reports them now."""
+        m = self._metrics
+        tp = (part.tp.topic, str(part.tp.partition))
+        with contextlib.suppress(KeyError):  # nothing was reported for it yet
+            m.consumer_lag.remove(*tp)
+        for spec in self._specs_by_topic.get(part.tp.topic, []):
+            labels = (spec.name, *tp)
+            for gauge in (m.checkpoint_size, m.checkpoint_time):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+            with contextlib.suppress(KeyError):
+                m.pending_labels.remove(*labels)
+            for signal in SIGNALS:
+                with contextlib.suppress(KeyError):
+                    m.signal.remove(*labels, signal)
+            for name in spec.metrics:
+                for window in ("cumulative", "rolling", "holdout"):
+                    with contextlib.suppress(KeyError):
+                        m.model_metric.remove(*labels, name, window)
+                with contextlib.suppress(KeyError):
+                    m.holdout_gap.remove(*labels, name)
+
+
+def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
+    """Per model: events learned and the primary metric, weighted by events learned."""
+    by_model: dict[str, list[ShardProgress]] = {}
+    for p in progress:
+        by_model.setdefault(p.shard.model, []).append(p)
+    return {
+        model: {
+            "events_learned": sum(p.events_learned for p in shards),
+            "shards": len(shards),
+            "metrics": combine_metrics([(p.metrics, p.events_learned) for p in shards]),
+            "rolling_metrics": combine_metrics(
+                [(p.rolling_metrics, p.events_learned) for p in shards]
+            ),
+        }
+        for model, shards in by_model.items()
+    }
+
+
+def _growth(reported: dict[str, int], counts: Mapping[str, int]) -> dict[str, int]:
+    """How much each count grew since ``reported``, which then holds ``counts``. A count
+    that fell (the learner went back to a checkpoint) is taken as the new base, unreported."""
+    grown = {k: n - reported.get(k, 0) for k, n in counts.items() if n > reported.get(k, 0)}
+    reported.update(counts)
+    return grown
