@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from livelearn.errors import InvalidEvent
-from livelearn.learners import check_label, in_holdout, load_learner
+from livelearn.learners import Learner, check_label, in_holdout, load_learner
 from livelearn.stream._checkpointing import Checkpointing
 from livelearn.stream._shard import Partition, Shard
 from livelearn.stream.decode import Event
@@ -33,8 +33,12 @@ class EventPath(Checkpointing):
         timed = False  # the first learn of each batch is timed for the latency histogram
         for rec in records:
             offset = rec.offset
+            timestamp = rec.timestamp
+            # The time the event's own is judged against (`EventDecoder.decode`): Kafka's,
+            # or the clock's once, so that a rollback decodes the record to the same event.
+            produced = timestamp if timestamp >= 0 else int(time.time() * 1000)
             try:
-                event = decode(rec.value, rec.timestamp)
+                event = decode(rec.value, produced)
             except Exception as exc:  # one policy for every failure: the dead-letter topic
                 self._dead_letter(part, rec, as_invalid(exc, "decode_error"))
                 for shard in shards:
@@ -46,37 +50,26 @@ class EventPath(Checkpointing):
                 if offset < shard.next_offset:
                     continue  # already in this shard's restored checkpoint
                 try:
-                    features = event.features
-                    label = event.fields.get(shard.label_field)
-                    if label is not None:
-                        check_label(shard.task, label)
-                    if features is None or (label is None and shard.delayed):
-                        step = self._delayed_step(shard, event, label, rec)
+                    if timed:
+                        learned = learn_event(shard, shard.learner, event, offset, timestamp)
                     else:
-                        if shard.sanitize is not None:
-                            features = shard.sanitize(features)
-                        step = ("process", (features, label, offset))
-                        if (
-                            shard.holdout
-                            and label is not None
-                            and in_holdout(event.id, shard.holdout)
-                        ):
-                            step = ("score_holdout", step[1])  # scored, never learned
-                            shard.learner.score_holdout(features, label, offset)
-                        elif timed:
-                            shard.process(features, label, offset)
-                        else:
+                        started = time.perf_counter()
+                        learned = learn_event(shard, shard.learner, event, offset, timestamp)
+                        if learned:
                             timed = True
-                            started = time.perf_counter()
-                            shard.process(features, label, offset)
                             self._metrics.learn_seconds.labels(shard.id.model).observe(
                                 time.perf_counter() - started
                             )
                 except Exception as exc:
                     self._processing_error(part, shard, rec, exc)
                     continue
-                if step is not None:
-                    shard.since_base.append(step)
+                if learned:
+                    # What a rollback replays (`_roll_back`): the record, not the event
+                    # decoded from it, which would keep every event's objects alive (and
+                    # scanned by the garbage collector) until the next checkpoint.
+                    shard.since_base.append((offset, rec.value, timestamp, produced))
+                    if learned is not True:
+                        self._metrics.label_delay.labels(shard.id.model).observe(learned)
                 shard.next_offset = offset + 1
                 shard.pending += 1
                 if shard.pending >= shard.every_events and self._checkpoint(part, shard, "events"):
@@ -84,30 +77,6 @@ class EventPath(Checkpointing):
             if shards is not part.shards:  # a shard was dropped mid-batch
                 shards = part.shards
         self._report_counts(part)
-
-    def _delayed_step(
-        self, shard: Shard, event: Event, label: Any, rec: KafkaRecord
-    ) -> tuple[str, tuple[Any, ...]] | None:
-        """Keep the prediction of an event whose label comes later, or join a label-only
-        event to the prediction it scores; the learner call made, to redo after a rollback.
-        None for a label-only event this shard has nothing to do with."""
-        if not shard.delayed:
-            return None  # this model takes its labels with the features
-        learner = shard.learner
-        ts = event.ts_ms if event.ts_ms is not None else rec.timestamp
-        if event.features is None:
-            if label is None:
-                return None  # a label for another model of the topic
-            args: tuple[Any, ...] = (event.id, label, rec.offset, ts)
-            delay = learner.join(*args)
-            self._metrics.label_delay.labels(shard.id.model).observe(delay)
-            return "join", args
-        features = event.features
-        if shard.sanitize is not None:
-            features = shard.sanitize(features)
-        args = (event.id, features, rec.offset, ts)
-        learner.predict_pending(*args)
-        return "predict_pending", args
 
     def _processing_error(
         self, part: Partition, shard: Shard, rec: KafkaRecord, exc: Exception
@@ -152,12 +121,13 @@ class EventPath(Checkpointing):
         shard.since_base.clear()
 
     def _roll_back(self, part: Partition, shard: Shard) -> bool:
-        """Rebuild ``shard``'s learner from its last checkpoint and the events learned since,
+        """Rebuild ``shard``'s learner from its last checkpoint and the records learned since,
         so that a half-done update leaves no trace; False (shard held) if that fails."""
+        decode = part.decoder.decode
         try:
             learner = load_learner(self._codec, shard.base_blob)
-            for method, args in shard.since_base:
-                getattr(learner, method)(*args)
+            for offset, value, timestamp, produced in shard.since_base:
+                learn_event(shard, learner, decode(value, produced), offset, timestamp)
         except Exception:
             log.exception(
                 "shard cannot be rebuilt after an error; holding it at its checkpoint",
@@ -177,3 +147,45 @@ class EventPath(Checkpointing):
         dead_letter_record(self._dlq, rec, exc, model)
         self._dead_letters_pending = True
         self._metrics.dead_letters.labels(rec.topic, exc.reason).inc()
+
+
+def learn_event(shard: Shard, learner: Learner, event: Event, offset: int, timestamp: int) -> Any:
+    """Make ``learner`` (``shard``'s, or one being rebuilt) take ``event``, at ``offset``:
+    test-then-train it, keep its prediction until its label comes, join a label to its
+    prediction, or score it into the holdout.
+
+    Returns
+    -------
+    Any
+        False when the event is nothing to this shard (a label for another model of the
+        topic), the label's delay in seconds for a joined label, True otherwise.
+
+    Raises
+    ------
+    InvalidEvent
+        The event's label is not one the shard's task can learn, or a delayed label does
+        not match a prediction; the learner is untouched.
+    """
+    features = event.features
+    label = event.fields.get(shard.label_field)
+    if label is not None:
+        check_label(shard.task, label)
+    if features is None or (label is None and shard.delayed):
+        if not shard.delayed:
+            return False  # this model takes its labels with the features
+        ts = event.ts_ms if event.ts_ms is not None else timestamp
+        if features is None:
+            if label is None:
+                return False  # a label for another model of the topic
+            return learner.join(event.id, label, offset, ts)
+        if shard.sanitize is not None:
+            features = shard.sanitize(features)
+        learner.predict_pending(event.id, features, offset, ts)
+        return True
+    if shard.sanitize is not None:
+        features = shard.sanitize(features)
+    if shard.holdout and label is not None and in_holdout(event.id, shard.holdout):
+        learner.score_holdout(features, label, offset)  # scored, never learned
+    else:
+        learner.process(features, label, offset)
+    return True

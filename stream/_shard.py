@@ -67,13 +67,12 @@ class Shard:
     sanitizer: Sanitizer
     epoch: int
     next_offset: int
-    # The signed snapshot of the last checkpoint (or of the fresh learner) and the events
-    # learned since: after an error mid-event the learner is rebuilt from them, exactly as
-    # if it had never seen that event (`Worker._roll_back`).
+    # The signed snapshot of the last checkpoint (or of the fresh learner) and the records
+    # learned since, as (offset, value, Kafka timestamp, the time the event was judged
+    # against): after an error mid-event the learner is rebuilt from them, exactly as if it
+    # had never seen that event (`Worker._roll_back`).
     base_blob: bytes = b""
-    # Each step: the learner method called and its arguments ("process", "predict_pending"
-    # or "join", see Learner).
-    since_base: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    since_base: list[tuple[int, bytes | None, int, int]] = field(default_factory=list)
     # The next offset of the last checkpoint written (or restored): where the shard is held
     # when a dead letter past it is lost, so that no checkpoint ever passes that event.
     checkpointed_offset: int = -1
