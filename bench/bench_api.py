@@ -41,6 +41,7 @@ from kafka import KafkaProducer
 from river import datasets
 
 from bench.bench_worker import services
+from livelearn.settings import TopicSettings
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from livelearn.stream.app import ensure_topics
 
@@ -272,7 +273,7 @@ def main() -> None:
     bootstrap, redis_url = services()
     name = f"bench-api-{uuid.uuid4().hex[:8]}"
     topic = name
-    ensure_topics(bootstrap, {topic: 1})
+    ensure_topics(bootstrap, {topic: 1}, TopicSettings())
     spec = {
         "name": name,
         "topics": [topic],

@@ -44,7 +44,7 @@ from river import datasets
 from bench import _peers
 from bench._report import best_peer, format_table, summarize
 from livelearn.learners import ModelSpec
-from livelearn.settings import KafkaClient, KafkaSettings, load_settings
+from livelearn.settings import KafkaClient, KafkaSettings, TopicSettings, load_settings
 from livelearn.stream.app import build_worker, ensure_topics
 from livelearn.stream.fetcher import KafkaRecord
 from livelearn.stream.worker import Partition, Shard
@@ -132,7 +132,7 @@ def services() -> tuple[str, str]:
 def topic_with(bootstrap: str, values: list[bytes]) -> str:
     """A new one-partition topic holding ``values``."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 1})
+    ensure_topics(bootstrap, {topic: 1}, TopicSettings())
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
     for v in values:
         producer.send(topic, v, partition=0)

@@ -363,7 +363,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from livelearn.stream.app import ensure_topics
 
         bootstrap = settings.require_services()[0]
-        ensure_topics(bootstrap, {topic: 1})
+        ensure_topics(bootstrap, {topic: 1}, settings.topics)
         prediction_log = PredictionLog(bootstrap, topic, settings.kafka.client_id, metrics.registry)
     lookup = Lookup(settings, metrics=metrics)
     lookup.start()
@@ -410,6 +410,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from livelearn.cli.models import describe_model, format_model
     from livelearn.devtools.produce import dataset_events, produce_events
+    from livelearn.settings import server_list
     from livelearn.stream.app import build_worker, ensure_topics
     from livelearn.stream.worker import ShardProgress, summarize
 
@@ -422,7 +423,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"models": [spec]})
     bootstrap, _ = settings.require_services()
     topic = spec.topics[0]
-    if ensure_topics(bootstrap, {topic: args.partitions}):
+    if ensure_topics(bootstrap, {topic: args.partitions}, settings.topics):
         print(f"created topic {topic} with {args.partitions} partition(s)")
 
     produced = threading.Event()
@@ -469,7 +470,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     def stop_when_caught_up() -> None:
         produced.wait()
-        probe = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        probe = KafkaConsumer(bootstrap_servers=server_list(bootstrap), enable_auto_commit=False)
         try:
             tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or []]
             ends = probe.end_offsets(tps)

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     consumer = KafkaConsumer(**config)
     dlq = None
     if args.dlq:
-        ensure_topics(bootstrap, {dlq_topic(t, k.dlq_suffix): 1 for t in spec.topics})
+        dead = {dlq_topic(t, k.dlq_suffix): 1 for t in spec.topics}
+        ensure_topics(bootstrap, dead, settings.topics, dead_letters=True)
         dlq = dead_letter_sink(settings)
     try:
         result = run_replay(

@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from livelearn.settings import server_list
+
 # Data sets River ships inside the package (no download needed).
 DATASETS: dict[str, str] = {
     "phishing": "Phishing",
@@ -44,7 +46,12 @@ def produce_events(
     on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send events (JSON) to ``topic``, at most ``rate`` a second; return how many."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=server_list(bootstrap_servers),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+    )
     sent = 0
     started = time.monotonic()
     try:

@@ -294,12 +294,14 @@ def kafka_libs(state_dir: Path = DEFAULT_STATE_DIR) -> Path:
     return libs
 
 
-def _format_storage(java: str, classpath: list[str], properties: Path, data: Path) -> None:
+def _format_storage(
+    java: str, classpath: list[str], properties: Path, data: Path, cluster_id: str | None = None
+) -> None:
     _progress(f"formatting Kafka storage in {data}")
     shutil.rmtree(data, ignore_errors=True)  # a half-formatted dir from an earlier failure
     # No --standalone: it conflicts with controller.quorum.voters (a static quorum).
     command = [java, *classpath, "kafka.tools.StorageTool", "format",
-               "-t", _cluster_id(), "-c", str(properties)]  # fmt: skip
+               "-t", cluster_id or _cluster_id(), "-c", str(properties)]  # fmt: skip
     result = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
     )
@@ -322,13 +324,20 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _server_properties(data: Path, port: int) -> str:
+def _server_properties(
+    data: Path, port: int, node_id: int = 1, voters: str | None = None, replicas: int = 1
+) -> str:
+    """A KRaft node's server.properties: broker and controller in one process, the
+    controller on ``port + 1``. ``voters`` is the quorum (this node alone by default) and
+    ``replicas`` the replication of Kafka's internal topics (the cluster's size, up to 3)."""
     controller = port + 1
+    voters = voters or f"{node_id}@{HOST}:{controller}"
+    isr = min(2, replicas)
     return f"""\
 # Written by devtools/stack.py on each start; edits are overwritten.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{HOST}:{controller}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}
 advertised.listeners=PLAINTEXT://{HOST}:{port}
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -337,13 +346,14 @@ inter.broker.listener.name=PLAINTEXT
 log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-# One broker holds every partition anyway; fewer offsets partitions make the first
-# consumer group join faster (the topic is created then).
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={isr}
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={isr}
+default.replication.factor={replicas}
+# Fewer offsets partitions make the first consumer group join faster (the topic is
+# created then).
 offsets.topic.num.partitions=5
 group.initial.rebalance.delay.ms=0
 # A label router killed mid-transaction holds back read_committed readers of the model

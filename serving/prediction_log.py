@@ -25,6 +25,8 @@ import orjson
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
+from livelearn.settings import server_list
+
 __all__ = ["PredictionLog"]
 
 log = logging.getLogger("livelearn.serving.prediction_log")
@@ -57,9 +59,11 @@ class PredictionLog:
         for outcome in ("sent", "dropped", "failed"):
             self._outcomes.labels(outcome)
         self._producer = producer_factory(
-            bootstrap_servers=bootstrap_servers,
+            bootstrap_servers=server_list(bootstrap_servers),
             client_id=f"{client_id}-prediction-log",
+            # Every in-sync copy, and no duplicate when a send is retried.
             acks="all",
+            enable_idempotence=True,
             linger_ms=5,
             retries=5,
         )

@@ -42,6 +42,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def server_list(bootstrap_servers: str) -> list[str]:
+    """``kafka.bootstrap_servers`` as the list kafka-python takes (librdkafka takes the
+    comma-separated string itself).
+
+    >>> server_list("k1:9092, k2:9092,k3:9092")
+    ['k1:9092', 'k2:9092', 'k3:9092']
+    """
+    return [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = None
     # Which consumer the worker runs. The default is to be chosen by measurement
@@ -116,6 +126,31 @@ class DeadLetterSettings(_Section):
     max_backoff_s: float = Field(4.0, ge=0)
     # How long one attempt waits to connect and for the acknowledgement.
     timeout_s: float = Field(10.0, ge=0.1)
+
+
+class TopicSettings(_Section):
+    """How the topics livelearn creates are replicated and kept (dead letters, predictions,
+    the demo's): the defaults suit a cluster of three brokers or more and still work on one."""
+
+    # Copies of each partition; None: three, or as many brokers as the cluster has if fewer.
+    replication_factor: int | None = Field(None, ge=1)
+    # Copies a write with acks=all waits for; None: two where a partition has three copies
+    # or more (one broker may fail with no write lost), else one.
+    min_insync_replicas: int | None = Field(None, ge=1)
+    # How long records are kept; None: the broker's default (log.retention.hours).
+    retention_days: float | None = Field(None, gt=0)
+    # Dead letters are kept longer: someone has to look at them.
+    dead_letter_retention_days: float | None = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> TopicSettings:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                f"topics.min_insync_replicas ({isr}) is more than topics.replication_factor "
+                f"({rf}): no write could ever be acknowledged; lower it to {rf} or less"
+            )
+        return self
 
 
 class SecuritySettings(_Section):
@@ -229,6 +264,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     outage: OutageSettings = OutageSettings()
     dead_letters: DeadLetterSettings = DeadLetterSettings()
+    topics: TopicSettings = TopicSettings()
     security: SecuritySettings = SecuritySettings()
     events: EventSettings = EventSettings()
     http: HttpSettings = HttpSettings()

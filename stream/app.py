@@ -19,9 +19,9 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from livelearn.errors import ServiceUnavailable
+from livelearn.errors import ConfigError, ServiceUnavailable
 from livelearn.learners import SnapshotCodec
-from livelearn.settings import Settings
+from livelearn.settings import Settings, TopicSettings, server_list
 from livelearn.store.checkpoints import RedisCheckpointStore
 from livelearn.store.connection import redis_client
 from livelearn.stream._confluent import ConfluentConsumer, librdkafka_config
@@ -47,7 +47,7 @@ def kafka_admin(bootstrap_servers: str) -> Iterator[KafkaAdminClient]:
     """A Kafka admin client, closed on exit; ServiceUnavailable when no broker answers."""
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
+            bootstrap_servers=server_list(bootstrap_servers),
             client_id="livelearn-admin",
             request_timeout_ms=10_000,
         )
@@ -62,16 +62,65 @@ def kafka_admin(bootstrap_servers: str) -> Iterator[KafkaAdminClient]:
         admin.close()
 
 
-def ensure_topics(bootstrap_servers: str, topics: dict[str, int]) -> list[str]:
-    """Create the missing topics (name → partitions); return those created."""
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: dict[str, int],
+    settings: TopicSettings,
+    *,
+    dead_letters: bool = False,
+) -> list[str]:
+    """Create the missing topics (name → partitions) as ``settings`` say; return those
+    created. ``dead_letters`` keeps them ``topics.dead_letter_retention_days``.
+
+    Raises
+    ------
+    ConfigError
+        ``topics.replication_factor`` asks for more copies than the cluster has brokers.
+    """
     with kafka_admin(bootstrap_servers) as admin:
         existing = set(admin.list_topics())
-        missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
-        if not missing:
+        wanted = {t: n for t, n in topics.items() if t not in existing}
+        if not wanted:
             return []
+        brokers = len(admin.describe_cluster()["brokers"])
+        replicas, configs = topic_layout(settings, brokers, dead_letters=dead_letters)
+        missing = [NewTopic(t, n, replicas, topic_configs=configs) for t, n in wanted.items()]
         with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by a peer
-            admin.create_topics(missing)
-    return [t.name for t in missing]
+            admin.create_topics(missing, wait_for_metadata=True)
+    log.info(
+        "topics created",
+        extra={"fields": {"topics": sorted(wanted), "replication_factor": replicas, **configs}},
+    )
+    return sorted(wanted)
+
+
+def topic_layout(
+    settings: TopicSettings, brokers: int, *, dead_letters: bool = False
+) -> tuple[int, dict[str, str]]:
+    """The replication factor and topic configs of a new topic on ``brokers`` brokers.
+
+    >>> topic_layout(TopicSettings(), 3)
+    (3, {'min.insync.replicas': '2'})
+    >>> topic_layout(TopicSettings(), 1, dead_letters=True)
+    (1, {'min.insync.replicas': '1', 'retention.ms': '2592000000'})
+    """
+    replicas = settings.replication_factor or min(3, brokers)
+    if replicas > brokers:
+        raise ConfigError(
+            f"topics.replication_factor is {replicas} but the Kafka cluster has {brokers} "
+            f"broker(s); lower it to {brokers} or less, or unset it to follow the cluster"
+        )
+    insync = settings.min_insync_replicas or (2 if replicas >= 3 else 1)
+    if insync > replicas:
+        raise ConfigError(
+            f"topics.min_insync_replicas is {insync} but a new topic gets {replicas} "
+            f"replica(s); lower it to {replicas} or less"
+        )
+    configs = {"min.insync.replicas": str(insync)}
+    days = settings.dead_letter_retention_days if dead_letters else settings.retention_days
+    if days is not None:
+        configs["retention.ms"] = str(round(days * 86_400_000))
+    return replicas, configs
 
 
 def existing_topics(bootstrap_servers: str, topics: Iterable[str]) -> set[str]:
@@ -178,10 +227,13 @@ def build_worker(
         if topic not in present:
             log.warning("topic %s does not exist yet; the worker waits for it", topic)
     dlq_topics = {dlq_topic(t, settings.kafka.dlq_suffix): 1 for t in [*topics, *routes]}
-    _riding_out(settings, lambda: ensure_topics(bootstrap, dlq_topics))
+    _riding_out(
+        settings,
+        lambda: ensure_topics(bootstrap, dlq_topics, settings.topics, dead_letters=True),
+    )
     k = settings.kafka
     config: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
+        "bootstrap_servers": server_list(bootstrap),
         "group_id": k.group_id,
         "client_id": k.client_id,
         "enable_auto_commit": False,

@@ -38,7 +38,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from livelearn.errors import ConfigError, DeadLetterError, InvalidEvent
-from livelearn.settings import Settings
+from livelearn.settings import Settings, server_list
 from livelearn.stream.fetcher import KafkaRecord
 
 log = logging.getLogger("livelearn.dlq")
@@ -309,7 +309,7 @@ class KafkaDeadLetterSink:
         linger_ms = 5
         timeout_ms = int(timeout_s * 1000)
         self._config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
+            "bootstrap_servers": server_list(bootstrap_servers),
             "client_id": f"{client_id}-dlq",
             # acks=all: a dead letter must be durable before the checkpoint that skips it.
             "acks": "all",

@@ -34,7 +34,7 @@ from kafka.structs import OffsetAndMetadata
 
 from livelearn.errors import InvalidEvent
 from livelearn.learners import ModelSpec
-from livelearn.settings import Settings
+from livelearn.settings import Settings, server_list
 from livelearn.stream.decode import EventDecoder
 from livelearn.stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
 from livelearn.stream.fetcher import KafkaRecord, finish_join, load_metadata, read_status
@@ -150,7 +150,7 @@ class LabelRouter:
         bootstrap = settings.require_services()[0]
         self.group_id = f"{k.group_id}.labels"
         self._consumer_config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            "bootstrap_servers": server_list(bootstrap),
             "group_id": self.group_id,
             "client_id": f"{k.client_id}-labels",
             "enable_auto_commit": False,
@@ -167,7 +167,7 @@ class LabelRouter:
         # by the broker after transaction_timeout_ms, which bounds how long the model
         # topic's readers wait behind it.
         self._producer_config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            "bootstrap_servers": server_list(bootstrap),
             "client_id": f"{k.client_id}-labels",
             "transactional_id": f"{self.group_id}.{uuid.uuid4().hex}",
             "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS,

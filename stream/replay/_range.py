@@ -10,7 +10,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from livelearn.errors import ConfigError, InvalidEvent
-from livelearn.settings import Settings
+from livelearn.settings import Settings, server_list
 from livelearn.stream.decode import parse_timestamp
 
 
@@ -128,7 +128,7 @@ def replay_consumer_config(settings: Settings) -> dict[str, Any]:
     """``KafkaConsumer`` settings for a replay: no group, so live groups are untouched."""
     k = settings.kafka
     return {
-        "bootstrap_servers": settings.require_services()[0],
+        "bootstrap_servers": server_list(settings.require_services()[0]),
         "group_id": None,
         "enable_auto_commit": False,
         "client_id": f"{k.client_id}-replay",

@@ -22,6 +22,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from livelearn.learners import Learner, SnapshotCodec
+from livelearn.settings import server_list
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 
 SNAPSHOT_KEY = "integration-snapshot-key-0123456789"
@@ -313,7 +314,10 @@ def produce(
     """Send raw values, value i to partition i % partitions, at most ``rate`` a second; a
     null value (a tombstone) gets a key, as Kafka refuses a record with neither."""
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_request_size=max_request_size
+        bootstrap_servers=server_list(bootstrap),
+        acks="all",
+        linger_ms=2,
+        max_request_size=max_request_size,
     )
     started = time.monotonic()
     try:
@@ -339,7 +343,7 @@ def read_all(
     """Every record of ``topic`` (all partitions), read without a group; ``committed``:
     only those of committed transactions, as the worker reads."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=server_list(bootstrap),
         enable_auto_commit=False,
         isolation_level="read_committed" if committed else "read_uncommitted",
     )
