@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import math
+import sys
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -83,6 +85,12 @@ class Learner:
 
     """
 
+    # Defaults for a learner pickled before the rolled metrics: its windows are bounded
+    # deques, and its rolling metrics are rebuilt when first read.
+    _rolled: list[Any] | None = None
+    _rolled_inputs = (0, 0)
+    _window_cap = sys.maxsize
+
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self._model: Any = spec.build_pipeline()
@@ -129,16 +137,16 @@ class Learner:
         self._proba_metrics = tuple(
             m for m, p in zip(self._metrics, self._wants_proba, strict=True) if p
         )
-        # Rolling metrics are computed when read, from the last ``rolling_window`` inputs
-        # each kind of metric was given: appending to a deque is far cheaper per event than
-        # river.utils.Rolling's update-and-revert, and the values are the same
-        # (bench/bench_worker.py measures what the worker adds to River's own loop).
-        self._label_window: collections.deque[tuple[Any, Any]] = collections.deque(
-            maxlen=self.spec.rolling_window
-        )
-        self._proba_window: collections.deque[tuple[Any, Any]] = collections.deque(
-            maxlen=self.spec.rolling_window
-        )
+        # Rolling metrics: the inputs each kind of metric was given, and metrics fed the
+        # last ``rolling_window`` of them, brought up to date when read (`_rolling_metrics`)
+        # with what changed since: updated with the new inputs, reverted for those that
+        # left the window. Appending costs an event far less than river.utils.Rolling's
+        # update-and-revert, and reading costs what changed, not the window.
+        self._label_window: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._proba_window: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._rolled: list[Any] | None = None  # None: rebuilt from the windows when read
+        self._rolled_inputs = (0, 0)  # inputs of each window the rolled metrics hold
+        self._window_cap = 2 * self.spec.rolling_window
         self._evaluated = 0
         # The holdout's own metrics (spec.holdout), fed as the progressive ones are.
         share = getattr(self.spec, "holdout", 0.0)
@@ -332,7 +340,10 @@ class Learner:
         if y_pred is not None:
             for metric in self._label_metrics:
                 metric.update(label, y_pred)
-            self._label_window.append((label, y_pred))
+            window = self._label_window
+            window.append((label, y_pred))
+            if len(window) > self._window_cap:
+                self._forget_rolled(window)
             evaluated = True
             detector = self._detector
             if detector is not None:
@@ -348,7 +359,10 @@ class Learner:
         if proba:
             for metric in self._proba_metrics:
                 metric.update(label, proba)
-            self._proba_window.append((label, proba))
+            window = self._proba_window
+            window.append((label, proba))
+            if len(window) > self._window_cap:
+                self._forget_rolled(window)
             evaluated = True
         if evaluated:
             self._evaluated += 1
@@ -377,12 +391,47 @@ class Learner:
         proba: dict[Any, float] = self._model.predict_proba_one(x)
         return proba
 
+    def _forget_rolled(self, window: collections.deque[tuple[Any, Any]]) -> None:
+        """A window doubled since the rolled metrics were read: keep its last inputs only,
+        and rebuild the metrics from them when next read (as many inputs as changed)."""
+        for _ in range(len(window) - self.spec.rolling_window):
+            window.popleft()
+        self._rolled = None
+
     def _rolling_metrics(self) -> list[Any]:
-        """Fresh metrics fed the rolling window, in the spec's order."""
+        """The metrics over the last ``rolling_window`` inputs, in the spec's order."""
+        size = self.spec.rolling_window
+        windows = (self._label_window, self._proba_window)
+        rolled: list[Any] | None = self._rolled
+        if rolled is not None:
+            try:
+                for metric, wants_proba in zip(rolled, self._wants_proba, strict=True):
+                    window = windows[wants_proba]
+                    applied = self._rolled_inputs[wants_proba]
+                    for y_true, y_pred in itertools.islice(window, applied, None):
+                        metric.update(y_true, y_pred)
+                    for y_true, y_pred in itertools.islice(window, max(0, len(window) - size)):
+                        metric.revert(y_true, y_pred)
+            except Exception:  # a metric River cannot revert (or fails to): rebuilt each read
+                rolled = None
+            else:
+                for window in windows:
+                    for _ in range(len(window) - size):
+                        window.popleft()
+                self._rolled_inputs = (len(windows[0]), len(windows[1]))
+                return rolled
         fresh = self.spec.build_metrics()
+        for window in windows:
+            for _ in range(len(window) - size):
+                window.popleft()
         for metric, wants_proba in zip(fresh, self._wants_proba, strict=True):
-            for y_true, y_pred in self._proba_window if wants_proba else self._label_window:
+            for y_true, y_pred in windows[wants_proba]:
                 metric.update(y_true, y_pred)
+        if windows[0].maxlen is not None:  # a learner pickled with bounded windows
+            self._label_window = collections.deque(self._label_window)
+            self._proba_window = collections.deque(self._proba_window)
+        self._window_cap = 2 * size
+        self._rolled, self._rolled_inputs = fresh, (len(windows[0]), len(windows[1]))
         return fresh
 
     def stats(self) -> dict[str, Any]:

@@ -70,8 +70,8 @@ class Checkpointing(Reporting):
             if not any(s is shard for s in part.shards):  # held: a dead letter of it was lost
                 return False
         started = time.perf_counter()
+        stats = shard.learner.stats()  # first: it trims the rolling windows the blob holds
         blob = self._codec.encode(shard.learner)
-        stats = shard.learner.stats()
         try:
             version = self._store.save(shard.id, shard.epoch, blob, shard.next_offset, stats)
         except ServiceUnavailable as exc:

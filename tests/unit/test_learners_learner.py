@@ -342,3 +342,35 @@ def test_model_is_the_river_pipeline(make_spec: MakeSpec) -> None:
     assert learner.last_offset is None
     assert isinstance(Learner(make_spec(drift=None)).spec.build_drift(), type(None))
     assert isinstance(Learner(make_spec()).spec.build_drift(), drift.ADWIN)
+
+
+def test_rolling_metrics_are_brought_up_to_date_by_what_changed(make_spec: MakeSpec) -> None:
+    """Reads at any interval give the metrics of the last ``rolling_window`` inputs, as a
+    fresh replay does; between reads at most a window apart the same metrics are updated and
+    reverted, not rebuilt (further apart, rebuilding costs less than what changed)."""
+    names = ["Accuracy", "LogLoss", "ROCAUC", "F1"]
+    learner = Learner(make_spec(pipeline=LOGREG, metrics=names, rolling_window=50))
+    model = _river_logreg()
+    inputs: list[tuple[Any, Any, Any]] = []  # (label, predicted label, probabilities)
+    reads = iter([3, 10, 49, 50, 51, 130, 1, 99, 0, 250, 20])
+    offset, rolled = 0, None
+    for gap in reads:
+        for x, y in PHISHING[offset : offset + gap]:
+            proba = model.predict_proba_one(x)
+            y_pred = max(proba, key=proba.get) if proba else None
+            if y_pred is not None:
+                inputs.append((y, y_pred, proba))
+            model.learn_one(x, y)
+            learner.process(x, y, offset)
+            offset += 1
+        fresh = [getattr(metrics, name)() for name in names]
+        for y, y_pred, proba in inputs[-50:]:
+            for metric in fresh:
+                metric.update(y, proba if not metric.requires_labels else y_pred)
+        got = learner.stats()["rolling_metrics"]
+        assert got == pytest.approx(
+            {n: m.get() for n, m in zip(names, fresh, strict=True)}, abs=1e-12, rel=0
+        )
+        if rolled is not None and gap <= 50:
+            assert learner._rolled is rolled, f"rebuilt after {gap} events"
+        rolled = learner._rolled
