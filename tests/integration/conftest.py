@@ -212,6 +212,18 @@ class Deployment:
         row = self.store.describe(self.shard(partition))
         return -1 if row is None else int(row["next_offset"])
 
+    def wait_for_offsets(
+        self, per_partition: int, partitions: int, timeout: float, worker: WorkerHandle
+    ) -> None:
+        """Wait until each of the first ``partitions`` shards is checkpointed at
+        ``per_partition``; fail with ``worker``'s log past ``timeout`` seconds."""
+        wait_for(
+            lambda: all(self.next_offset(p) == per_partition for p in range(partitions)),
+            timeout,
+            f"every partition to be checkpointed at offset {per_partition}",
+            context=worker.tail,
+        )
+
     def learner(self, partition: int = 0) -> Learner:
         checkpoint = self.store.load(self.shard(partition))
         assert checkpoint is not None, f"no checkpoint for {self.shard(partition)}"
