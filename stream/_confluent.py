@@ -174,6 +174,10 @@ class ConfluentConsumer:
     on_stats
         Called with each statistics report, parsed, on the worker's thread (the worker's
         metrics export it).
+    from_committed
+        Start each assigned partition at the group's committed offset, as librdkafka does
+        by itself (the label router, whose offsets are committed in its transactions),
+        instead of the first offset for the worker to seek.
 
     Raises
     ------
@@ -188,12 +192,14 @@ class ConfluentConsumer:
         *,
         factory: Callable[[dict[str, Any]], RdKafkaConsumer] = RdKafkaConsumer,
         on_stats: Callable[[Mapping[str, Any]], None] | None = None,
+        from_committed: bool = False,
     ) -> None:
         self._max_records = max_records
         # Cooperative rebalancing: the callbacks get only the partitions that change.
         strategy = config.get("partition.assignment.strategy")
         self._incremental = strategy == _ASSIGNORS["cooperative"]
         self._on_report = on_stats
+        self._from_committed = from_committed
         self._listener: ConsumerRebalanceListener | None = None
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
@@ -210,6 +216,7 @@ class ConfluentConsumer:
         try:
             self._consumer = factory(
                 {
+                    "statistics.interval.ms": _STATS_MS,  # the status' source
                     **config,
                     "error_cb": self._on_error,
                     "stats_cb": self._on_stats,
@@ -225,7 +232,9 @@ class ConfluentConsumer:
 
     # -- the Consumer protocol --------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
+    def subscribe(
+        self, topics: Sequence[str], listener: ConsumerRebalanceListener | None = None
+    ) -> None:
         self._listener = listener
         try:
             self._consumer.subscribe(
@@ -355,6 +364,10 @@ class ConfluentConsumer:
             answered_at = self._records_at
         return KafkaStatus(time.monotonic(), answered_at, connected, joined, len(self._assigned))
 
+    def group_metadata(self) -> Any:
+        """The member's group metadata, for a transaction's offsets (the label router)."""
+        return self._consumer.consumer_group_metadata()
+
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Leave the group (finishing the commits in flight) and close, within ``timeout``
         seconds; past it the close goes on in the background. The worker's listener is not
@@ -386,7 +399,11 @@ class ConfluentConsumer:
     def _on_assign(self, consumer: RdKafkaConsumer, partitions: list[RdTopicPartition]) -> None:
         """Eager: ``partitions`` is the whole assignment. Cooperative: only the partitions
         new to this member (often none); those it keeps are not named."""
-        start = [RdTopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
+        start = (
+            partitions  # at the committed offsets: librdkafka looks them up
+            if self._from_committed
+            else [RdTopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
+        )
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         if self._incremental:
             consumer.incremental_assign(start)
@@ -394,10 +411,10 @@ class ConfluentConsumer:
         else:
             consumer.assign(start)
             self._assigned = set(tps)
-        if self._listener is not None:
-            self._listener.on_partitions_assigned(tps)
-        else:  # closing: fetch nothing
+        if self._closed:  # fetch nothing
             consumer.pause(partitions)
+        elif self._listener is not None:
+            self._listener.on_partitions_assigned(tps)
 
     def _on_revoke(self, consumer: RdKafkaConsumer, partitions: list[RdTopicPartition]) -> None:
         """Eager: the whole assignment goes. Cooperative: only ``partitions``, those moving

@@ -45,6 +45,10 @@ CONSUMERS: dict[str, dict[str, Any]] = {
     "confluent": {"client": "confluent"},
 }
 each_consumer = pytest.mark.parametrize("consumer", list(CONSUMERS.values()), ids=list(CONSUMERS))
+# Each Kafka client (`kafka.client`) with its defaults: for the tests of what the worker does
+# with Kafka beside consuming (the label router's transactions, dead letters) and of
+# outages, where kafka-python's two consumers behave alike.
+each_client = pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 
 
 def runs_a_fetch_process(consumer: dict[str, Any]) -> bool:
