@@ -31,6 +31,10 @@ AutoOffsetReset = Literal["earliest", "latest"]
 # The worker's Kafka consumer: librdkafka through confluent-kafka (stream/_confluent.py), or
 # kafka-python (stream/fetcher.py).
 KafkaClient = Literal["confluent", "kafka-python"]
+# How a consumer group moves partitions between its members: "eager" revokes every
+# partition of every member at each rebalance; "cooperative" (librdkafka's
+# cooperative-sticky assignor) moves only the partitions that change owner.
+KafkaAssignment = Literal["eager", "cooperative"]
 LogFormat = Literal["auto", "json", "text"]
 
 _SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password", "tokens"})
@@ -71,8 +75,20 @@ class KafkaSettings(_Section):
     # kafka-python parses records in Python; bigger fetches cut its per-event cost, which
     # bench/bench_worker.py's "kafka+json" column measures at these sizes. fetch_max_bytes
     # caps the total.
-    max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1_000_000_000)
+    # librdkafka accepts no fetch above this (its fetch.max.bytes bound); kafka-python agrees.
+    fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2_147_483_135)
+    # A fetch waits on the broker until it has fetch_min_bytes or fetch_max_wait_ms has passed
+    # (both clients' own defaults: a record is returned as soon as there is one).
+    fetch_min_bytes: int = Field(1, ge=1, le=100_000_000)
+    fetch_max_wait_ms: int = Field(500, ge=0, le=300_000)
+    # librdkafka only: its queue of records fetched ahead of the worker. Fetching stops while
+    # the queue holds queued_max_messages_kbytes or, per partition, queued_min_messages. Kept
+    # at one whole fetch (fetch_max_bytes), so that a fetch is never held back; records
+    # queued for a partition that a rebalance takes away are dropped, so a larger queue
+    # only costs memory.
+    queued_max_messages_kbytes: int = Field(64 * 1024, ge=1, le=2_097_151)
+    queued_min_messages: int = Field(100_000, ge=1, le=10_000_000)
     poll_timeout_ms: int = Field(200, ge=1)
     # How soon a worker sees new partitions or a topic created after it started;
     # one metadata request per period is cheap.
@@ -82,6 +98,21 @@ class KafkaSettings(_Section):
     # Turn it off where a worker has a single core. kafka-python only: librdkafka fetches
     # and parses on threads of its own, outside the GIL.
     fetch_in_child: bool = True
+    # How the worker's group rebalances. "cooperative" needs kafka.client: confluent
+    # (kafka-python offers no cooperative assignor), and every member of a group must use the
+    # same one: a group forms only on a protocol all its members offer, so it cannot mix them.
+    assignment: KafkaAssignment = "eager"
+
+    @model_validator(mode="after")
+    def _assignment_has_a_client(self) -> KafkaSettings:
+        if self.assignment == "cooperative" and self.client != "confluent":
+            raise ValueError(
+                f"kafka.assignment is cooperative but kafka.client is {self.client}: "
+                "kafka-python rebalances eagerly only; set kafka.client: confluent "
+                "(LIVELEARN_KAFKA__CLIENT=confluent), or kafka.assignment: eager "
+                "(LIVELEARN_KAFKA__ASSIGNMENT=eager)"
+            )
+        return self
 
 
 class RedisSettings(_Section):

@@ -8,11 +8,17 @@ same fields (`Record`), kafka-python's ``TopicPartition`` and ``OffsetAndMetadat
 ``KafkaError`` from a failed offset lookup, the same rebalance order, a `KafkaStatus` and a
 bounded close. How librdkafka is driven for that:
 
-- Rebalances are eager, with kafka-python's own assignors (``range,roundrobin``): one group
-  can then hold workers of both backends while a deployment moves from one to the other,
-  and a group only forms on a protocol every member offers (kafka-python offers no
-  cooperative one). librdkafka runs the callbacks inside ``consume()``, on the worker's
-  thread: the revocation of the whole assignment, then the new one.
+- Rebalances are eager by default (``kafka.assignment: eager``), with kafka-python's own
+  assignors (``range,roundrobin``): one group can then hold workers of both backends while a
+  deployment moves from one to the other, and a group only forms on a protocol every member
+  offers (kafka-python offers no cooperative one). librdkafka runs the callbacks inside
+  ``consume()``, on the worker's thread: the revocation of the whole assignment, then the
+  new one.
+- With ``kafka.assignment: cooperative`` the group uses librdkafka's ``cooperative-sticky``
+  assignor: a rebalance revokes only the partitions that move to another member
+  (``incremental_unassign``) and assigns only those that are new to this one
+  (``incremental_assign``), so the worker's listener hears of those alone, and the
+  partitions that stay keep being fetched and learned from through the rebalance.
 - A partition is assigned from its first offset, and the worker's listener pauses it until
   the worker has claimed its shards and sought it to their checkpoint. Assigned without an
   offset, librdkafka would look up the group's committed offset, and the answer, coming
@@ -30,7 +36,8 @@ bounded close. How librdkafka is driven for that:
   would hold every record of a slow stream for up to ``kafka.poll_timeout_ms``.
 - The status comes from librdkafka's statistics (`read_stats`, every `_STATS_MS`): whether
   a broker connection is up, how long since a broker last sent anything, whether the
-  member is stable in its group; ``error_cb`` reports all brokers down at once.
+  member is stable in its group; ``error_cb`` reports all brokers down at once. Each report
+  also goes to ``on_stats`` (the worker's metrics: `livelearn.stream.metrics.KafkaClientStats`).
 - Commits are asynchronous: librdkafka finishes the commits in flight when the consumer
   closes, so the final commit of a shutdown reaches the group within the close's bound.
 - ``close`` leaves the group on a helper thread, given up after `CLOSE_TIMEOUT_S`.
@@ -77,6 +84,12 @@ _LOOKUP_TIMEOUT_S = 10.0
 # librdkafka's own default; raised where fetch.max.bytes needs more (it must stay 512 bytes
 # below).
 _RECEIVE_MAX_BYTES = 100_000_000
+# librdkafka's default largest message; it refuses a fetch.max.bytes below it, so a smaller
+# kafka.fetch_max_bytes lowers it too (a consumer sends no message).
+_MESSAGE_MAX_BYTES = 1_000_000
+# The assignors of each kafka.assignment: eager ones that kafka-python offers as well, or
+# librdkafka's incremental one.
+_ASSIGNORS = {"eager": "range,roundrobin", "cooperative": "cooperative-sticky"}
 # Errors librdkafka reports while it reconnects by itself; the status tells the worker.
 _RECONNECTING = frozenset({RdKafkaError._TRANSPORT, RdKafkaError._ALL_BROKERS_DOWN})
 
@@ -87,6 +100,9 @@ def librdkafka_config(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str,
     >>> config = librdkafka_config(KafkaSettings(group_id="g"), "kafka:9092")
     >>> config["group.id"], config["isolation.level"], config["enable.auto.offset.store"]
     ('g', 'read_committed', False)
+    >>> cooperative = KafkaSettings(client="confluent", assignment="cooperative")
+    >>> librdkafka_config(cooperative, "kafka:9092")["partition.assignment.strategy"]
+    'cooperative-sticky'
     """
     return {
         "bootstrap.servers": bootstrap_servers,
@@ -99,12 +115,17 @@ def librdkafka_config(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str,
         # Labels forwarded from a separate topic come in transactions (stream/label_router.py):
         # an aborted one must never be learned.
         "isolation.level": "read_committed",
-        "partition.assignment.strategy": "range,roundrobin",
+        "partition.assignment.strategy": _ASSIGNORS[kafka.assignment],
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "max.partition.fetch.bytes": kafka.max_partition_fetch_bytes,
         "fetch.max.bytes": kafka.fetch_max_bytes,
+        "fetch.min.bytes": kafka.fetch_min_bytes,
+        "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
+        "queued.max.messages.kbytes": kafka.queued_max_messages_kbytes,
+        "queued.min.messages": kafka.queued_min_messages,
+        "message.max.bytes": min(_MESSAGE_MAX_BYTES, kafka.fetch_max_bytes),
         "receive.message.max.bytes": max(_RECEIVE_MAX_BYTES, kafka.fetch_max_bytes + 512),
         "topic.metadata.refresh.interval.ms": kafka.metadata_max_age_ms,
         "statistics.interval.ms": _STATS_MS,
@@ -150,6 +171,13 @@ class ConfluentConsumer:
         The most records one ``poll`` returns (``kafka.max_poll_records``).
     factory
         Makes the librdkafka consumer from its configuration; a test can pass a fake.
+    on_stats
+        Called with each statistics report, parsed, on the worker's thread (the worker's
+        metrics export it).
+    from_committed
+        Start each assigned partition at the group's committed offset, as librdkafka does
+        by itself (the label router, whose offsets are committed in its transactions),
+        instead of the first offset for the worker to seek.
 
     Raises
     ------
@@ -163,8 +191,15 @@ class ConfluentConsumer:
         max_records: int = 2000,
         *,
         factory: Callable[[dict[str, Any]], RdKafkaConsumer] = RdKafkaConsumer,
+        on_stats: Callable[[Mapping[str, Any]], None] | None = None,
+        from_committed: bool = False,
     ) -> None:
         self._max_records = max_records
+        # Cooperative rebalancing: the callbacks get only the partitions that change.
+        strategy = config.get("partition.assignment.strategy")
+        self._incremental = strategy == _ASSIGNORS["cooperative"]
+        self._on_report = on_stats
+        self._from_committed = from_committed
         self._listener: ConsumerRebalanceListener | None = None
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
@@ -181,6 +216,7 @@ class ConfluentConsumer:
         try:
             self._consumer = factory(
                 {
+                    "statistics.interval.ms": _STATS_MS,  # the status' source
                     **config,
                     "error_cb": self._on_error,
                     "stats_cb": self._on_stats,
@@ -196,7 +232,9 @@ class ConfluentConsumer:
 
     # -- the Consumer protocol --------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
+    def subscribe(
+        self, topics: Sequence[str], listener: ConsumerRebalanceListener | None = None
+    ) -> None:
         self._listener = listener
         try:
             self._consumer.subscribe(
@@ -326,6 +364,10 @@ class ConfluentConsumer:
             answered_at = self._records_at
         return KafkaStatus(time.monotonic(), answered_at, connected, joined, len(self._assigned))
 
+    def group_metadata(self) -> Any:
+        """The member's group metadata, for a transaction's offsets (the label router)."""
+        return self._consumer.consumer_group_metadata()
+
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Leave the group (finishing the commits in flight) and close, within ``timeout``
         seconds; past it the close goes on in the background. The worker's listener is not
@@ -355,17 +397,28 @@ class ConfluentConsumer:
     # -- librdkafka's callbacks ---------------------------------------------------------
 
     def _on_assign(self, consumer: RdKafkaConsumer, partitions: list[RdTopicPartition]) -> None:
-        consumer.assign(
-            [RdTopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
+        """Eager: ``partitions`` is the whole assignment. Cooperative: only the partitions
+        new to this member (often none); those it keeps are not named."""
+        start = (
+            partitions  # at the committed offsets: librdkafka looks them up
+            if self._from_committed
+            else [RdTopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions]
         )
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
-        self._assigned = set(tps)  # eager: the whole assignment
-        if self._listener is not None:
-            self._listener.on_partitions_assigned(tps)
-        else:  # closing: fetch nothing
+        if self._incremental:
+            consumer.incremental_assign(start)
+            self._assigned.update(tps)
+        else:
+            consumer.assign(start)
+            self._assigned = set(tps)
+        if self._closed:  # fetch nothing
             consumer.pause(partitions)
+        elif self._listener is not None:
+            self._listener.on_partitions_assigned(tps)
 
     def _on_revoke(self, consumer: RdKafkaConsumer, partitions: list[RdTopicPartition]) -> None:
+        """Eager: the whole assignment goes. Cooperative: only ``partitions``, those moving
+        to another member (or all of them, lost with the membership)."""
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         self._assigned.difference_update(tps)
         self._paused.difference_update(tps)
@@ -376,7 +429,10 @@ class ConfluentConsumer:
             if self._listener is not None:
                 self._listener.on_partitions_revoked(tps)
         finally:
-            consumer.unassign()
+            if self._incremental:
+                consumer.incremental_unassign(partitions)
+            else:
+                consumer.unassign()
 
     def _on_error(self, error: RdKafkaError) -> None:
         if error.fatal():
@@ -391,8 +447,11 @@ class ConfluentConsumer:
 
     def _on_stats(self, report: str) -> None:
         try:
-            self._seen = read_stats(orjson.loads(report), time.monotonic())
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            stats = orjson.loads(report)
+            self._seen = read_stats(stats, time.monotonic())
+            if self._on_report is not None:
+                self._on_report(stats)
+        except (AttributeError, KeyError, TypeError, ValueError):  # JSONDecodeError included
             log.debug("librdkafka statistics not understood", exc_info=True)
 
     def _on_commit(self, error: RdKafkaError | None, partitions: list[RdTopicPartition]) -> None:

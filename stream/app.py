@@ -244,6 +244,8 @@ def build_worker(
         "max_poll_records": k.max_poll_records,
         "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
         "fetch_max_bytes": k.fetch_max_bytes,
+        "fetch_min_bytes": k.fetch_min_bytes,
+        "fetch_max_wait_ms": k.fetch_max_wait_ms,
         "metadata_max_age_ms": k.metadata_max_age_ms,
         # Labels forwarded from a separate topic come in transactions (stream/label_router.py):
         # an aborted one must never be learned.
@@ -258,12 +260,15 @@ def build_worker(
     start_timeout = max(15.0, min(60.0, settings.outage.timeout_s))
 
     rdkafka_config = librdkafka_config(k, bootstrap)
+    metrics = WorkerMetrics()
 
     def make_consumer() -> Consumer:
         if k.client == "confluent":
             # librdkafka connects in the background: a Kafka that does not answer shows in
             # the consumer's status, which the worker watches (`KafkaWatch`).
-            return ConfluentConsumer(rdkafka_config, k.max_poll_records)
+            return ConfluentConsumer(
+                rdkafka_config, k.max_poll_records, on_stats=metrics.kafka.update
+            )
         try:
             if k.fetch_in_child:
                 return ProcessConsumer(config, k.poll_timeout_ms, start_timeout)
@@ -274,7 +279,6 @@ def build_worker(
             raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
 
     consumer = _riding_out(settings, make_consumer)
-    metrics = WorkerMetrics()
     store = RedisCheckpointStore(client, settings.redis.key_prefix)
     dlq = dead_letter_sink(settings)
     worker = Worker(

@@ -22,6 +22,9 @@ record's key and value and these headers:
 Delivery is confirmed: `KafkaDeadLetterSink.flush` checks every dead letter's
 acknowledgement, retries the failed ones (`RetryPolicy`), and raises
 `livelearn.errors.DeadLetterError` naming the source of each one it could not deliver.
+The producer is the worker's Kafka client's (``kafka.client``): kafka-python's, or
+librdkafka's through stream/_confluent_clients.py, with ``acks=all`` and idempotence on
+both.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLarg
 
 from livelearn.errors import ConfigError, DeadLetterError, InvalidEvent
 from livelearn.settings import Settings, server_list
+from livelearn.stream._confluent_clients import confluent_producer
 from livelearn.stream.fetcher import KafkaRecord
 
 log = logging.getLogger("livelearn.dlq")
@@ -190,13 +194,18 @@ class _Future(Protocol):
     def get(self, timeout: float | None = None) -> Any: ...
 
 
-class _Producer(Protocol):
+class Producer(Protocol):
+    """The part of kafka-python's ``KafkaProducer`` livelearn uses (the dead-letter sink,
+    and the label router with its transactions): kafka-python's own, or
+    `livelearn.stream._confluent_clients.ConfluentProducer` on librdkafka."""
+
     def send(
         self,
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int | None = None,
     ) -> _Future: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
@@ -250,7 +259,8 @@ def _describe(error: BaseException) -> str:
 
 
 def dead_letter_sink(settings: Settings) -> KafkaDeadLetterSink:
-    """The sink the ``kafka`` and ``dead_letters`` settings describe."""
+    """The sink the ``kafka`` and ``dead_letters`` settings describe, on the Kafka client
+    ``kafka.client`` names."""
     k, d = settings.kafka, settings.dead_letters
     return KafkaDeadLetterSink(
         settings.require_services()[0],
@@ -259,6 +269,7 @@ def dead_letter_sink(settings: Settings) -> KafkaDeadLetterSink:
         max_request_size=d.max_request_size,
         retry=RetryPolicy(d.attempts, d.backoff_s, d.max_backoff_s),
         timeout_s=d.timeout_s,
+        producer_factory=confluent_producer if k.client == "confluent" else KafkaProducer,
     )
 
 
@@ -280,9 +291,10 @@ class KafkaDeadLetterSink:
         acknowledgement. `flush` returns or raises within about
         ``retry.attempts * 2 * timeout_s`` plus the backoffs.
     producer_factory
-        Builds the producer from kafka-python's keyword settings (a fake one in tests). It
-        is called on the first send, and again after it failed: a sink can be built while
-        Kafka is down.
+        Builds the producer from kafka-python's keyword settings: kafka-python's own, or
+        librdkafka's (`livelearn.stream._confluent_clients.confluent_producer`), or a fake
+        one in tests. It is called on the first send, and again after it failed: a sink can
+        be built while Kafka is down.
 
     Queued dead letters, values included, are kept until `flush` confirms them, so that
     the failed ones can be sent again.
@@ -297,7 +309,7 @@ class KafkaDeadLetterSink:
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
-        producer_factory: Callable[..., _Producer] = KafkaProducer,
+        producer_factory: Callable[..., Producer] = KafkaProducer,
     ) -> None:
         if max_request_size < _MIN_REQUEST_SIZE:
             raise ConfigError(
@@ -311,8 +323,10 @@ class KafkaDeadLetterSink:
         self._config: dict[str, Any] = {
             "bootstrap_servers": server_list(bootstrap_servers),
             "client_id": f"{client_id}-dlq",
-            # acks=all: a dead letter must be durable before the checkpoint that skips it.
+            # acks=all: a dead letter must be durable before the checkpoint that skips it;
+            # idempotence: the producer's own retries never write it twice.
             "acks": "all",
+            "enable_idempotence": True,
             "linger_ms": linger_ms,
             "max_request_size": max_request_size,
             "bootstrap_timeout_ms": timeout_ms,
@@ -322,7 +336,7 @@ class KafkaDeadLetterSink:
             "delivery_timeout_ms": timeout_ms,
         }
         self._factory = producer_factory
-        self._producer: _Producer | None = None
+        self._producer: Producer | None = None
         self._suffix = suffix
         self._max_request_size = max_request_size
         self._retry = retry if retry is not None else RetryPolicy()

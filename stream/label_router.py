@@ -18,6 +18,11 @@ its reason; dead letters are flushed before the transaction commits, so none is 
 
 Any failure aborts the batch; the router then drops its consumer and producer and starts
 again from the committed offsets, after a backoff, until the worker stops.
+
+The router's clients are the worker's Kafka client's (``kafka.client``): kafka-python's,
+or librdkafka's (stream/_confluent_clients.py), both made from the same kafka-python
+keyword settings. Its group always rebalances eagerly, with the assignors both clients
+offer, so routers of both clients can share it while a deployment moves between them.
 """
 
 from __future__ import annotations
@@ -29,15 +34,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from livelearn.errors import InvalidEvent
 from livelearn.learners import ModelSpec
 from livelearn.settings import Settings, server_list
+from livelearn.stream._confluent_clients import confluent_label_consumer, confluent_producer
 from livelearn.stream.decode import EventDecoder
-from livelearn.stream.dlq import DeadLetterSink, as_invalid, dead_letter_record
-from livelearn.stream.fetcher import KafkaRecord, finish_join, load_metadata, read_status
+from livelearn.stream.dlq import DeadLetterSink, Producer, as_invalid, dead_letter_record
+from livelearn.stream.fetcher import KafkaRecord, KafkaStatus, LocalConsumer
 from livelearn.stream.metrics import WorkerMetrics
 from livelearn.stream.outage import Backoff
 
@@ -85,12 +91,15 @@ def label_routes(specs: Iterable[ModelSpec]) -> dict[str, Route]:
 
 
 class _Consumer(Protocol):
+    """The router's consumer: kafka-python's (`LocalConsumer`, which loads the metadata
+    once subscribed and finishes a join left unfinished) or librdkafka's."""
+
     def subscribe(self, topics: list[str]) -> None: ...
-    def topics(self) -> set[str]: ...
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[KafkaRecord]]: ...
     def group_metadata(self) -> Any: ...
+    def status(self) -> KafkaStatus: ...
     def close(self) -> None: ...
 
 
@@ -98,23 +107,16 @@ class _Sink(DeadLetterSink, Protocol):
     def close(self) -> None: ...
 
 
-class _Producer(Protocol):
+class _Producer(Producer, Protocol):
+    """A transactional producer."""
+
     def init_transactions(self) -> None: ...
     def begin_transaction(self) -> None: ...
-    def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        timestamp_ms: int | None = None,
-    ) -> Any: ...
     def send_offsets_to_transaction(
         self, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any
     ) -> None: ...
     def commit_transaction(self) -> None: ...
     def abort_transaction(self) -> None: ...
-    def close(self, timeout: float | None = None) -> None: ...
 
 
 class LabelRouter:
@@ -131,7 +133,8 @@ class LabelRouter:
         The dead-letter sink for records that are not label-only events. Used from the
         router's thread only: give it one of its own. Closed when ``run`` returns.
     consumer_factory, producer_factory
-        Build the Kafka clients from kafka-python's keyword settings (fakes in tests).
+        Build the Kafka clients from kafka-python's keyword settings; by default those of
+        ``kafka.client`` (fakes in tests).
     """
 
     def __init__(
@@ -140,8 +143,8 @@ class LabelRouter:
         metrics: WorkerMetrics,
         dlq: _Sink,
         *,
-        consumer_factory: Callable[..., _Consumer] = KafkaConsumer,
-        producer_factory: Callable[..., _Producer] = KafkaProducer,
+        consumer_factory: Callable[..., _Consumer] | None = None,
+        producer_factory: Callable[..., _Producer] | None = None,
     ) -> None:
         self.routes = label_routes(settings.models)
         if not self.routes:
@@ -170,6 +173,9 @@ class LabelRouter:
             "bootstrap_servers": server_list(bootstrap),
             "client_id": f"{k.client_id}-labels",
             "transactional_id": f"{self.group_id}.{uuid.uuid4().hex}",
+            # What a transactional producer needs, said outright for both clients.
+            "acks": "all",
+            "enable_idempotence": True,
             "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS,
             "max_request_size": k.max_partition_fetch_bytes,
         }
@@ -181,8 +187,13 @@ class LabelRouter:
         }
         self._metrics = metrics
         self._dlq = dlq
-        self._consumer_factory = consumer_factory
-        self._producer_factory = producer_factory
+        confluent = k.client == "confluent"
+        self._consumer_factory: Callable[..., _Consumer] = consumer_factory or (
+            confluent_label_consumer if confluent else LocalConsumer
+        )
+        self._producer_factory: Callable[..., _Producer] = producer_factory or (
+            confluent_producer if confluent else KafkaProducer
+        )
         self._consumer: _Consumer | None = None
         self._producer: _Producer | None = None
         self._backoff = Backoff(settings.outage.retry_initial_s, settings.outage.retry_max_s)
@@ -236,13 +247,11 @@ class LabelRouter:
         if self._consumer is None:
             self._consumer = self._consumer_factory(**self._consumer_config)
             self._consumer.subscribe(sorted(self.routes))
-            load_metadata(self._consumer)  # before the first poll joins (as the worker's)
             self._unsettled_since = None
 
     def _forward_batch(self) -> None:
         consumer, producer = self._consumer, self._producer
         assert consumer is not None and producer is not None
-        finish_join(consumer)
         batches = consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
         batches = {tp: records for tp, records in batches.items() if records}
         if not batches:
@@ -275,8 +284,9 @@ class LabelRouter:
     def _check_member(self, consumer: _Consumer) -> None:
         """Raise when the consumer has not been a stable member of its group for
         ``outage.stall_timeout_s`` (kafka-python can stay out of a group after a rebalance
-        went wrong): `run` then replaces it, as the worker's watchdog replaces its own."""
-        status = read_status(consumer)
+        went wrong; librdkafka says so in its statistics): `run` then replaces it, as the
+        worker's watchdog replaces its own."""
+        status = consumer.status()
         if status.joined:
             self._unsettled_since = None
         elif self._unsettled_since is None:

@@ -46,6 +46,10 @@ CONSUMERS: dict[str, dict[str, Any]] = {
     "confluent": {"client": "confluent"},
 }
 each_consumer = pytest.mark.parametrize("consumer", list(CONSUMERS.values()), ids=list(CONSUMERS))
+# Each Kafka client (`kafka.client`) with its defaults: for the tests of what the worker does
+# with Kafka beside consuming (the label router's transactions, dead letters) and of
+# outages, where kafka-python's two consumers behave alike.
+each_client = pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 
 
 def runs_a_fetch_process(consumer: dict[str, Any]) -> bool:
@@ -212,6 +216,18 @@ class Deployment:
     def next_offset(self, partition: int = 0) -> int:
         row = self.store.describe(self.shard(partition))
         return -1 if row is None else int(row["next_offset"])
+
+    def wait_for_offsets(
+        self, per_partition: int, partitions: int, timeout: float, worker: WorkerHandle
+    ) -> None:
+        """Wait until each of the first ``partitions`` shards is checkpointed at
+        ``per_partition``; fail with ``worker``'s log past ``timeout`` seconds."""
+        wait_for(
+            lambda: all(self.next_offset(p) == per_partition for p in range(partitions)),
+            timeout,
+            f"every partition to be checkpointed at offset {per_partition}",
+            context=worker.tail,
+        )
 
     def learner(self, partition: int = 0) -> Learner:
         checkpoint = self.store.load(self.shard(partition))

@@ -1,6 +1,7 @@
 """The whole system under Docker Compose, on the real engine, as a user runs it.
 
-``docker-compose.yml`` comes up with Kafka, Redis, two workers, the API and Prometheus
+``docker-compose.yml`` comes up with Kafka, Redis, two workers (one on each Kafka client,
+``kafka.client``: kafka-python and confluent), the API and Prometheus
 (images pulled, or built as stand-ins where no registry answers: `devtools.images`), on
 free host ports and under a project name of its own, so it stands beside anything else
 on the machine. Grafana's image cannot be made offline: instead of starting it, the test
@@ -172,8 +173,12 @@ def compose_stack(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Compo
     )
     try:
         stack.compose("up", "--detach", "--build", "--quiet-build", "--wait",
-                      "--wait-timeout", "300", "--scale", "worker=2", *SERVICES,
+                      "--wait-timeout", "300", "--scale", "worker=1", *SERVICES,
                       timeout=600)  # fmt: skip
+        # The second worker on the other Kafka client (librdkafka): one group holds both.
+        stack.env["LIVELEARN_KAFKA__CLIENT"] = "confluent"
+        stack.compose("up", "--detach", "--no-recreate", "--wait", "--wait-timeout", "120",
+                      "--scale", "worker=2", "worker", timeout=180)  # fmt: skip
         yield stack
     finally:
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
@@ -245,6 +250,13 @@ def test_compose_stack_learns_serves_scales_and_cleans_up(compose_stack: Compose
     }  # fmt: skip
     assert _dashboard_metrics() <= declared, _dashboard_metrics() - declared
 
+    # One worker of each Kafka client shares the group (both offer the eager assignors).
+    clients = [
+        stack.compose("exec", "-T", "--index", str(index), "worker",
+                      "printenv", "LIVELEARN_KAFKA__CLIENT").strip()
+        for index in (1, 2)
+    ]  # fmt: skip
+    assert sorted(clients) == ["confluent", "kafka-python"], clients
     # Kill one worker (SIGKILL, no final checkpoint): the other takes every partition over
     # and learns the second half exactly once, resuming from the killed one's checkpoints.
     victim, survivor = stack.compose("ps", "--quiet", "worker").split()

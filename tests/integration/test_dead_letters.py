@@ -8,19 +8,26 @@ import gc
 import hashlib
 import logging
 import time
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
 
 from livelearn import DeadLetterError
+from livelearn.stream._confluent_clients import confluent_producer
 from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
 from tests.integration.conftest import free_port, read_all
 
 MIB = 1024 * 1024
 
+# The dead-letter producer of each Kafka client (kafka.client).
+PRODUCERS = {"kafka-python": KafkaProducer, "confluent": confluent_producer}
+each_producer = pytest.mark.parametrize("producer", list(PRODUCERS.values()), ids=list(PRODUCERS))
 
+
+@each_producer
 def test_a_5mb_dead_letter_is_delivered_cut_with_headers_that_find_the_original(
-    services, kafka_admin, unique_name
+    services, kafka_admin, unique_name, producer
 ) -> None:
     # The source topic takes 5 MB records; its dead-letter topic keeps the broker's default
     # limit, about 1 MiB.
@@ -34,12 +41,12 @@ def test_a_5mb_dead_letter_is_delivered_cut_with_headers_that_find_the_original(
         wait_for_metadata=True,
     )
     try:
-        _dead_letter_a_5mb_record(services.bootstrap_servers, source, dlq)
+        _dead_letter_a_5mb_record(services.bootstrap_servers, source, dlq, producer)
     finally:
         kafka_admin.delete_topics([source, dlq])
 
 
-def _dead_letter_a_5mb_record(bootstrap: str, source: str, dlq: str) -> None:
+def _dead_letter_a_5mb_record(bootstrap: str, source: str, dlq: str, factory: Any) -> None:
     big = bytes(range(256)) * (5 * MIB // 256)
     producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 * MIB)
     producer.send(source, big, key=b"k1")
@@ -49,7 +56,7 @@ def _dead_letter_a_5mb_record(bootstrap: str, source: str, dlq: str) -> None:
     records = read_all(bootstrap, source, timeout=30)
     assert [len(r.value) for r in records] == [len(big), 9]
 
-    sink = KafkaDeadLetterSink(bootstrap, ".dlq", "it")
+    sink = KafkaDeadLetterSink(bootstrap, ".dlq", "it", producer_factory=factory)
     for rec, reason in zip(records, ["too_large", "not_json"], strict=True):
         source_of = (rec.topic, rec.partition, rec.offset)
         sink.send(rec.topic, rec.value, rec.key, reason=reason, detail="x", source=source_of)
@@ -74,12 +81,21 @@ def _dead_letter_a_5mb_record(bootstrap: str, source: str, dlq: str) -> None:
 # this test. kafka's own log records would hold the sockets (through their tracebacks)
 # until the test's report: they are not made.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_an_unreachable_broker_fails_flush_naming_the_sources_in_bounded_time(caplog) -> None:
+@each_producer
+def test_an_unreachable_broker_fails_flush_naming_the_sources_in_bounded_time(
+    caplog, producer
+) -> None:
     caplog.set_level(logging.CRITICAL + 1, logger="kafka")
+    caplog.set_level(logging.CRITICAL + 1, logger="livelearn.rdkafka")
     retry = RetryPolicy(attempts=3, backoff_s=0.1)
     timeout_s = 1.0
     sink = KafkaDeadLetterSink(
-        f"127.0.0.1:{free_port()}", ".dlq", "it", retry=retry, timeout_s=timeout_s
+        f"127.0.0.1:{free_port()}",
+        ".dlq",
+        "it",
+        retry=retry,
+        timeout_s=timeout_s,
+        producer_factory=producer,
     )
     started = time.monotonic()
     sink.send("t", b"{", None, reason="not_json", detail="x", source=("t", 0, 41))

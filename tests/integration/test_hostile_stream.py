@@ -31,6 +31,7 @@ from tests.hostile import DOCUMENTED_REASONS, hostile_kinds, render_valid
 from tests.integration.conftest import (
     Deployment,
     WorkerHandle,
+    each_client,
     phishing_events,
     produce,
     read_all,
@@ -194,8 +195,9 @@ def _assert_dead_letters(
     assert sum(letter["value"] == b"" and "value_cut" in letter for letter in letters) == 1
 
 
+@each_client
 def test_a_hostile_stream_never_stops_learning_and_kills_change_no_checkpoint(
-    deploy, kafka_admin, unique_name
+    deploy, kafka_admin, unique_name, client
 ) -> None:
     seed = random.randrange(2**32)
     print(f"seed {seed}")  # shown with a failure: random.Random(seed) replays the stream
@@ -211,7 +213,7 @@ def test_a_hostile_stream_never_stops_learning_and_kills_change_no_checkpoint(
         wait_for_metadata=True,
     )
     try:
-        _run_both(deploy, topics, stream, rng, seed)
+        _run_both(deploy, topics, stream, rng, seed, client)
     finally:
         present = set(kafka_admin.list_topics())
         kafka_admin.delete_topics(
@@ -220,11 +222,18 @@ def test_a_hostile_stream_never_stops_learning_and_kills_change_no_checkpoint(
 
 
 def _run_both(
-    deploy: Any, topics: list[str], stream: list[Produced], rng: random.Random, seed: int
+    deploy: Any,
+    topics: list[str],
+    stream: list[Produced],
+    rng: random.Random,
+    seed: int,
+    client: str,
 ) -> None:
-    whole = deploy(topics[0], name=f"{topics[0]}-m")
+    kafka = {"kafka": {"client": client}}
+    whole = deploy(topics[0], kafka, name=f"{topics[0]}-m")
     killed = deploy(
         topics[1],
+        kafka,
         name=f"{topics[1]}-m",
         checkpoint={"every_events": 37, "every_seconds": 0.3},
     )

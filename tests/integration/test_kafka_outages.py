@@ -25,6 +25,7 @@ from livelearn.devtools import stack
 from tests.integration.conftest import (
     Deployment,
     WorkerHandle,
+    each_client,
     encode,
     free_port,
     phishing_events,
@@ -121,10 +122,6 @@ FAST = {  # detect a stall within seconds, and give a restarting broker a minute
 }
 
 
-# The broker restarts, on each Kafka client (librdkafka reconnects and rejoins by itself).
-each_client = pytest.mark.parametrize("client", ["kafka-python", "confluent"])
-
-
 @each_client
 def test_broker_restarted_as_the_worker_joins_learns_every_event_once(
     private_kafka, on_private_kafka, client
@@ -183,15 +180,16 @@ def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
     assert_learned_as_rivers_loop(dep.learner(), events)
 
 
+@each_client
 def test_labels_from_their_topic_are_forwarded_once_across_a_broker_restart(
-    private_kafka, on_private_kafka, unique_name
+    private_kafka, on_private_kafka, unique_name, client
 ) -> None:
     from kafka import KafkaAdminClient
 
     label_topic = f"{unique_name}-labels"
     dep = on_private_kafka(
         partitions=2,
-        settings=FAST,
+        settings={**FAST, "kafka": {"client": client}},
         delayed_labels={"topic": label_topic, "max_pending": 10_000, "max_age_s": 3600},
         checkpoint={"every_events": 37, "every_seconds": 0.3},
     )

@@ -21,7 +21,7 @@ from river import datasets
 
 from livelearn.stream.dlq import read_headers
 from livelearn.stream.label_router import SOURCE_HEADER
-from tests.integration.conftest import read_all, wait_for
+from tests.integration.conftest import each_client, read_all, wait_for
 from tests.integration.test_late_labels_live import _rivers_loop
 from tests.integration.test_replay import _replay_argv
 
@@ -44,22 +44,25 @@ def label_stream(seed: int, n: int = N) -> tuple[list[dict[str, Any]], list[dict
     return features, [label for _, label in sorted(labels, key=lambda row: row[0])]
 
 
-def _deploy(make_topic: Any, deploy: Any) -> tuple[Any, str]:
+def _deploy(make_topic: Any, deploy: Any, client: str) -> tuple[Any, str]:
     """A model on a 2-partition topic taking its labels from a 3-partition label topic (a
-    key lands in another partition there); the deployment and the label topic."""
+    key lands in another partition there), on the Kafka ``client``; the deployment and the
+    label topic."""
     topic, label_topic = make_topic(partitions=2), make_topic(partitions=3)
     dep = deploy(
         topic,
+        settings={"kafka": {"client": client}},
         delayed_labels={"topic": label_topic, "max_pending": 10_000, "max_age_s": 3600},
         checkpoint={"every_events": 50, "every_seconds": 0.5},
     )
     return dep, label_topic
 
 
+@each_client
 def test_labels_from_their_own_topic_are_forwarded_once_through_a_sigkill(
-    make_topic, deploy
+    make_topic, deploy, client
 ) -> None:
-    dep, label_topic = _deploy(make_topic, deploy)
+    dep, label_topic = _deploy(make_topic, deploy, client)
     features, labels = label_stream(seed=11)
     bad = [b"not json", orjson.dumps(features[0]), orjson.dumps({"id": "e1"})]
 
@@ -179,10 +182,11 @@ def joined(dep: Any, partitions: int) -> int:
     return sum(int(r["stats"].get("labels", {}).get("joined", 0)) for r in rows if r)
 
 
+@each_client
 def test_two_workers_side_by_side_forward_each_label_once_when_one_is_killed(
-    make_topic, deploy
+    make_topic, deploy, client
 ) -> None:
-    dep, label_topic = _deploy(make_topic, deploy)
+    dep, label_topic = _deploy(make_topic, deploy, client)
     features, labels = label_stream(seed=23, n=800)
     sender = threading.Thread(target=produce_with_labels, args=(dep, label_topic, features, labels))
     first, second = dep.start_worker(), dep.start_worker()

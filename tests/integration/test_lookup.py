@@ -154,12 +154,7 @@ def _learned_by_worker(
     produce(dep.bootstrap, topic, encode(phishing_events(n)), partitions=partitions)
     worker = dep.start_worker()
     per_partition = n // partitions
-    wait_for(
-        lambda: all(dep.next_offset(p) == per_partition for p in range(partitions)),
-        60,
-        "the worker to checkpoint every event",
-        context=worker.tail,
-    )
+    dep.wait_for_offsets(per_partition, partitions, 60, worker)
     assert worker.terminate() == 0
     return dep
 

@@ -202,11 +202,7 @@ def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy, 
     assert first.terminate() == 0, first.tail()
     producer.join()
     per_partition = len(events) // partitions
-    wait_for(
-        lambda: all(dep.next_offset(p) == per_partition for p in range(partitions)),
-        120,
-        "every partition to reach its last offset",
-    )
+    dep.wait_for_offsets(per_partition, partitions, 120, second)
     assert second.terminate() == 0
     learned = [dep.stats(p)["events_learned"] for p in range(partitions)]
     assert learned == [per_partition] * partitions

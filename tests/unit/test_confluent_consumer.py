@@ -70,6 +70,12 @@ class FakeRdKafka:
     def unassign(self) -> None:
         self._call("unassign")
 
+    def incremental_assign(self, partitions) -> None:
+        self._call("incremental_assign", [(p.topic, p.partition, p.offset) for p in partitions])
+
+    def incremental_unassign(self, partitions) -> None:
+        self._call("incremental_unassign", [(p.topic, p.partition) for p in partitions])
+
     def pause(self, partitions) -> None:
         self._call("pause", [(p.topic, p.partition) for p in partitions])
 
@@ -109,20 +115,21 @@ class Listener:
     def on_partitions_assigned(self, tps: list[TopicPartition]) -> None:
         self.events.append(("assigned", list(tps)))
         assert self.consumer is not None
-        self.consumer.pause(*tps)
+        if tps:
+            self.consumer.pause(*tps)
 
     def on_partitions_revoked(self, tps: list[TopicPartition]) -> None:
         self.events.append(("revoked", list(tps)))
 
 
-def make(max_records: int = 100) -> tuple[ConfluentConsumer, FakeRdKafka, Listener]:
+def make(max_records: int = 100, **config: Any) -> tuple[ConfluentConsumer, FakeRdKafka, Listener]:
     fakes: list[FakeRdKafka] = []
 
     def factory(config: dict[str, Any]) -> FakeRdKafka:
         fakes.append(FakeRdKafka(config))
         return fakes[0]
 
-    consumer = ConfluentConsumer({"group.id": "g"}, max_records, factory=factory)  # type: ignore[arg-type]
+    consumer = ConfluentConsumer({"group.id": "g", **config}, max_records, factory=factory)  # type: ignore[arg-type]
     listener = Listener()
     listener.consumer = consumer
     consumer.subscribe(["t"], listener)
@@ -209,6 +216,10 @@ def revoke(fake: FakeRdKafka, *partitions: int, lost: bool = False) -> None:
         ("max_poll_interval_ms", 60_000, "max.poll.interval.ms", 60_000),
         ("max_partition_fetch_bytes", 2048, "max.partition.fetch.bytes", 2048),
         ("fetch_max_bytes", 4096, "fetch.max.bytes", 4096),
+        ("fetch_min_bytes", 10_000, "fetch.min.bytes", 10_000),
+        ("fetch_max_wait_ms", 100, "fetch.wait.max.ms", 100),
+        ("queued_max_messages_kbytes", 8192, "queued.max.messages.kbytes", 8192),
+        ("queued_min_messages", 5000, "queued.min.messages", 5000),
         ("metadata_max_age_ms", 5000, "topic.metadata.refresh.interval.ms", 5000),
     ],
     ids=lambda v: str(v),
@@ -226,6 +237,56 @@ def test_the_worker_reads_committed_records_and_commits_itself() -> None:
     assert config["enable.auto.offset.store"] is False
     # kafka-python's assignors, so that a group can hold workers of both backends
     assert config["partition.assignment.strategy"] == "range,roundrobin"
+
+
+def test_cooperative_assignment_uses_librdkafkas_incremental_assignor() -> None:
+    settings = KafkaSettings(client="confluent", assignment="cooperative")
+    assert librdkafka_config(settings, "k:9092")["partition.assignment.strategy"] == (
+        "cooperative-sticky"
+    )
+
+
+def test_cooperative_assignment_on_kafka_python_stops_start_up_naming_both_settings() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, kafka={"client": "kafka-python", "assignment": "cooperative"})
+    message = str(caught.value)
+    for needle in ("kafka.assignment", "kafka.client: confluent", "kafka.assignment: eager"):
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(
+    "kafka",
+    [
+        {"queued_min_messages": 0},
+        {"queued_max_messages_kbytes": 2_097_152},
+        {"fetch_max_wait_ms": 300_001},
+        {"fetch_max_bytes": 2_147_483_136},
+        {"assignment": "sticky"},
+    ],
+    ids=lambda v: next(iter(v)),
+)
+def test_fetch_and_queue_sizes_librdkafka_would_refuse_stop_start_up(kafka) -> None:
+    name = next(iter(kafka))
+    with pytest.raises(ConfigError, match=rf"kafka\.{name}.*LIVELEARN_KAFKA__{name.upper()}"):
+        load_settings(None, kafka={"client": "confluent", **kafka})
+
+
+@pytest.mark.parametrize(
+    "kafka",
+    [
+        {},
+        {"fetch_max_bytes": 1024, "max_partition_fetch_bytes": 1024},
+        {"queued_max_messages_kbytes": 1, "queued_min_messages": 1, "fetch_max_wait_ms": 0},
+        {"fetch_max_bytes": 2_147_483_135, "queued_max_messages_kbytes": 2_097_151},
+        {"assignment": "cooperative"},
+    ],
+    ids=["defaults", "smallest-fetch", "smallest-queue", "largest", "cooperative"],
+)
+def test_every_valid_setting_makes_a_consumer_librdkafka_accepts(kafka) -> None:
+    settings = KafkaSettings(client="confluent", group_id="g", **kafka)
+    # librdkafka checks its configuration when the consumer is made, before connecting.
+    consumer = ConfluentConsumer(librdkafka_config(settings, "127.0.0.1:1"))
+    consumer.close(timeout=5)
 
 
 def test_a_fetch_size_past_librdkafkas_receive_limit_raises_the_limit() -> None:
@@ -349,6 +410,39 @@ def test_a_revocation_reaches_the_worker_before_the_partitions_are_let_go(lost) 
     revoke(fake, 0, 1, lost=lost)
     assert listener.events[-1] == ("revoked", [TP0, TP1])
     assert fake.calls == [("unassign",)]
+    assert consumer.status().assigned == 0
+
+
+COOPERATIVE = {"partition.assignment.strategy": "cooperative-sticky"}
+
+
+def test_a_cooperative_rebalance_adds_and_takes_only_the_partitions_that_move() -> None:
+    consumer, fake, listener = make(**COOPERATIVE)
+    assign(fake, 0, 1)
+    fake.calls.clear()
+    revoke(fake, 1)  # partition 1 moves to another member; 0 stays, not stopped
+    assign(fake)  # the end of the rebalance: nothing new here
+    assert fake.calls == [("incremental_unassign", [("t", 1)]), ("incremental_assign", [])]
+    assert listener.events[1:] == [("revoked", [TP1]), ("assigned", [])]
+    assert consumer.status().assigned == 1
+    fake.queue = [message(0, 4)]
+    assert list(consumer.poll(0)) == [TP0]  # still fetched
+    fake.calls.clear()
+    assign(fake, 2)
+    assert fake.calls == [
+        ("incremental_assign", [("t", 2, OFFSET_BEGINNING)]),
+        ("pause", [("t", 2)]),
+    ]
+    assert consumer.status().assigned == 2
+
+
+def test_partitions_lost_with_a_cooperative_membership_are_let_go_one_by_one() -> None:
+    consumer, fake, listener = make(**COOPERATIVE)
+    assign(fake, 0, 1)
+    fake.calls.clear()
+    revoke(fake, 0, 1, lost=True)
+    assert listener.events[-1] == ("revoked", [TP0, TP1])
+    assert fake.calls == [("incremental_unassign", [("t", 0), ("t", 1)])]
     assert consumer.status().assigned == 0
 
 
@@ -508,6 +602,19 @@ def test_the_status_follows_statistics_errors_and_records() -> None:
     consumer.poll(0)
     after = consumer.status().answered_at
     assert before is not None and after is not None and after > before
+
+
+def test_each_statistics_report_reaches_the_metrics_and_a_bad_one_is_skipped() -> None:
+    reports: list[Any] = []
+    fakes: list[FakeRdKafka] = []
+    ConfluentConsumer(
+        {"group.id": "g"},
+        factory=lambda config: fakes.append(FakeRdKafka(config)) or fakes[0],  # type: ignore[arg-type,func-returns-value]
+        on_stats=reports.append,
+    )
+    fakes[0].config["stats_cb"]('{"rxmsgs": 3}')
+    fakes[0].config["stats_cb"]("not json")
+    assert reports == [{"rxmsgs": 3}]
 
 
 def test_close_is_bounded_and_the_worker_hears_nothing_more(caplog) -> None:

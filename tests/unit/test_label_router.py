@@ -15,6 +15,7 @@ from kafka import TopicPartition
 from livelearn.errors import DeadLetterError, SpecError
 from livelearn.learners import ModelSpec, spec_fingerprint
 from livelearn.settings import Settings
+from livelearn.stream.fetcher import KafkaStatus
 from livelearn.stream.label_router import SOURCE_HEADER, LabelRouter, label_routes
 from livelearn.stream.metrics import WorkerMetrics
 from tests.unit.test_worker_loop import FakeDlq, Record
@@ -55,8 +56,9 @@ class FakeConsumer:
     def subscribe(self, topics: list[str]) -> None:
         self.subscribed = topics
 
-    def topics(self) -> set[str]:
-        return set(self.subscribed)
+    def status(self) -> KafkaStatus:
+        """Never a stable member (as a kafka-python consumer stuck after a failed rebalance)."""
+        return KafkaStatus(time.monotonic(), None, True, False, 0)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
         time.sleep(self.poll_s)
