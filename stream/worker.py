@@ -428,7 +428,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     ``poll()``. kafka-python calls them on its IO thread: a revocation while the worker's
     thread waits in ``poll()``, but an assignment may finish after ``poll()`` gave up
     waiting for it, so the bookkeeping they share with the loop is guarded
-    (``Worker._assigning``).
+    (``Worker._assigning``). With ``kafka.assignment: cooperative`` (librdkafka only) they
+    carry only the partitions that move; those that stay are never revoked or claimed again.
     """
 
     def __init__(self, worker: Worker) -> None:
