@@ -91,6 +91,7 @@ async def _load(
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     latencies: list[float] = []
+    late: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -98,6 +99,7 @@ async def _load(
 
     async def one(due: float) -> None:
         nonlocal errors
+        late.append(loop.time() - due)  # the generator's own delay, before it asks a connection
         conn = await pool.get()
         try:
             status = await _exchange(*conn, request)
@@ -132,6 +134,7 @@ async def _load(
         "p50_ms": 1e3 * _percentile(latencies, 0.50),
         "p99_ms": 1e3 * _percentile(latencies, 0.99),
         "max_ms": 1e3 * max(latencies),
+        "late_p99_ms": 1e3 * _percentile(late, 0.99),
     }
 
 

@@ -90,12 +90,21 @@ def _metrics(port: int, model: str) -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def _counting(port: int, model: str) -> Iterator[dict[str, float]]:
-    """Within the block, the reloads the API made and their mean cost (filled at its end)."""
+def _counting(port: int, model: str, pid: int) -> Iterator[dict[str, float]]:
+    """Within the block, the reloads the API made, their mean cost, and the CPU time the API
+    process used (filled at its end). CPU time, unlike latency, hardly depends on what
+    else runs on the machine."""
     out: dict[str, float] = {}
-    before = _metrics(port, model)
+    before, cpu = _metrics(port, model), _cpu_seconds(pid)
     yield out
+    out["cpu_s"] = _cpu_seconds(pid) - cpu
     after = _metrics(port, model)
     out["reloads"] = after["reloads"] - before["reloads"]
     count = after["reload_count"] - before["reload_count"]
@@ -107,8 +116,10 @@ def _fixed(label: str, result: dict[str, Any], rate: float, counted: dict[str, f
     print(
         f"  {label:34} {rate:5.0f} req/s asked, {result['rate']:5.0f} achieved: p50 "
         f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms  max "
-        f"{result['max_ms']:7.1f} ms  {result['errors']} errors  reloads "
-        f"{counted['reloads']:.0f} at {counted['reload_ms']:.1f} ms each   "
+        f"{result['max_ms']:7.1f} ms  {result['errors']} errors  generator late p99 "
+        f"{result['late_p99_ms']:.1f} ms  reloads {counted['reloads']:.0f} at "
+        f"{counted['reload_ms']:.1f} ms each  API CPU "
+        f"{1e3 * counted['cpu_s'] / result['requests']:.2f} ms a request "
         f"[p99 <= {TARGET_P99_MS:g} ms: {met}]  ({_loadavg()})"
     )
 
@@ -249,13 +260,14 @@ def _bench_model(kind: str, args: argparse.Namespace, api_cpu: str, others: str)
 
         print(f"\n{kind}: {PIPELINES[kind][-1]['class']}, {args.preload} events preloaded")
         load(None, 2.0, 4)  # warm-up
-        with _counting(port, model=name) as idle_counts:
+        api_pid = procs[-1].pid  # taskset execs the API: the same process
+        with _counting(port, name, api_pid) as idle_counts:
             idle = load(args.rate, args.seconds)
         _fixed("(a) worker idle", idle, args.rate, idle_counts)
 
         stream(producer, topic, args.events_per_second, args.preload, learning)
         time.sleep(3.0)  # a few checkpoints and reloads first
-        with _counting(port, model=name) as busy_counts:
+        with _counting(port, name, api_pid) as busy_counts:
             busy = load(args.rate, args.seconds)
         _fixed(
             f"(a) worker at {args.events_per_second:.0f} events/s",
