@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -91,6 +92,7 @@ async def _load(
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     latencies: list[float] = []
+    late: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -98,6 +100,7 @@ async def _load(
 
     async def one(due: float) -> None:
         nonlocal errors
+        late.append(loop.time() - due)  # the generator's own delay, before it asks a connection
         conn = await pool.get()
         try:
             status = await _exchange(*conn, request)
@@ -131,6 +134,8 @@ async def _load(
         "rate": len(latencies) / elapsed,
         "p50_ms": 1e3 * _percentile(latencies, 0.50),
         "p99_ms": 1e3 * _percentile(latencies, 0.99),
+        "max_ms": 1e3 * max(latencies),
+        "late_p99_ms": 1e3 * _percentile(late, 0.99),
     }
 
 
@@ -142,9 +147,16 @@ def load_client_main() -> None:
 
 
 def run_load(
-    port: int, path: str, body: bytes, rate: float | None, seconds: float, connections: int
+    port: int,
+    path: str,
+    body: bytes,
+    rate: float | None,
+    seconds: float,
+    connections: int,
+    prefix: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run the load generator in a separate process and return its figures."""
+    """Run the load generator in a separate process (its command after ``prefix``, e.g.
+    ``taskset -c 1``) and return its figures."""
     opts = {
         "port": port,
         "path": path,
@@ -154,8 +166,17 @@ def run_load(
         "connections": connections,
     }
     code = f"import bench.bench_api as b, sys; b.TOKEN = {TOKEN!r}; b.load_client_main()"
+    return run_python(prefix, code, opts)
+
+
+def run_python(prefix: tuple[str, ...], code: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Run ``code`` in a new Python process (its command after ``prefix``), with ``opts``
+    as JSON in argv[1]; what it prints, read as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(opts)], capture_output=True, check=True, text=True
+        [*prefix, sys.executable, "-c", code, json.dumps(opts)],
+        capture_output=True,
+        check=True,
+        text=True,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -172,8 +193,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@functools.cache
+def _phishing() -> list[tuple[dict[str, Any], Any]]:
+    return list(datasets.Phishing())
+
+
 def _events(start: int, n: int) -> list[dict[str, Any]]:
-    rows = list(datasets.Phishing())
+    rows = _phishing()
     return [
         {
             "id": f"e{i}",
@@ -215,43 +241,92 @@ def _predict(port: int, model: str, features: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def freshness(
-    port: int, model: str, topic: str, producer: KafkaProducer, samples: int
-) -> list[float]:
-    """(b) Seconds from producing a marker event to an API prediction that covers it."""
-    shard = f"{topic}/0"
-    probe = _events(0, 1)[0]["features"]
-    background = _events(10_000, 100_000)
-    stop = threading.Event()
+def stream(
+    producer: KafkaProducer, topic: str, rate: float, start: int, stop: threading.Event
+) -> threading.Thread:
+    """A thread producing Phishing events from index ``start`` at ``rate`` a second, so the
+    model changes all the time, until ``stop`` is set."""
 
-    def stream() -> None:  # 100 events a second, so the model changes all the time
-        for i, e in enumerate(background):
-            if stop.wait(0.01):
-                return
-            producer.send(topic, orjson.dumps(e), partition=0)
+    def run() -> None:
+        began = time.monotonic()
+        i = 0
+        while not stop.wait(max(0.0, began + i / rate - time.monotonic())):
+            producer.send(topic, orjson.dumps(_events(start + i, 1)[0]), partition=0)
+            i += 1
             if i % 20 == 0:
                 producer.flush()
 
-    threading.Thread(target=stream, daemon=True).start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def freshness(
+    port: int, model: str, topic: str, producer: KafkaProducer, samples: int
+) -> list[float]:
+    """(b) Seconds from producing a marker event to an API prediction that covers it, while
+    the events already streaming (``stream``) keep the model changing."""
+    shard = f"{topic}/0"
+    probe = _events(0, 1)[0]["features"]
     delays = []
-    try:
-        for i in range(samples):
-            time.sleep(random.uniform(0.2, 1.2))  # a random phase against the 1 s checkpoint timer
-            marker = {
-                "id": f"marker{i}",
-                "ts": i,
-                "key": None,
-                "features": probe,
-                "label": i % 2 == 0,
-            }
-            produced = time.time()
-            offset = producer.send(topic, orjson.dumps(marker), partition=0).get(timeout=10).offset
-            while _predict(port, model, probe)["shards"].get(shard, -1) <= offset:
-                time.sleep(0.005)
-            delays.append(time.time() - produced)
-    finally:
-        stop.set()
+    for i in range(samples):
+        time.sleep(random.uniform(0.2, 1.2))  # a random phase against the 1 s checkpoint timer
+        marker = {
+            "id": f"marker{i}",
+            "ts": i,
+            "key": None,
+            "features": probe,
+            "label": i % 2 == 0,
+        }
+        produced = time.time()
+        offset = producer.send(topic, orjson.dumps(marker), partition=0).get(timeout=10).offset
+        while _predict(port, model, probe)["shards"].get(shard, -1) <= offset:
+            time.sleep(0.005)
+        delays.append(time.time() - produced)
     return delays
+
+
+def one_model(bootstrap: str, prefix: str, pipeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings of one new binary model named ``prefix-<random>``, learned from a new
+    one-partition topic of the same name, at the default checkpoint cadence."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, {name: 1}, TopicSettings())
+    spec = {
+        "name": name,
+        "topics": [name],
+        "task": "binary",
+        "pipeline": pipeline,
+        "metrics": ["Accuracy"],
+    }
+    return {
+        "kafka": {"group_id": name},
+        "redis": {"key_prefix": name},
+        "log": {"level": "WARNING", "format": "json"},
+        "models": [spec],
+    }
+
+
+def secret_keys() -> dict[str, str]:
+    """The snapshot and hash keys: from the environment, else new ones."""
+    return {
+        name: os.environ.get(f"LIVELEARN_SECURITY__{name.upper()}", uuid.uuid4().hex * 2)
+        for name in ("snapshot_key", "hash_key")
+    }
+
+
+def cli_env(bootstrap: str, redis_url: str, port: int, keys: dict[str, str]) -> dict[str, str]:
+    """The environment of the ``livelearn`` processes: the services, the keys, the API on
+    ``port`` with the bench's token, and the worker's own HTTP port free."""
+    return {
+        **os.environ,
+        "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "LIVELEARN_REDIS__URL": redis_url,
+        "LIVELEARN_SECURITY__SNAPSHOT_KEY": keys["snapshot_key"],
+        "LIVELEARN_SECURITY__HASH_KEY": keys["hash_key"],
+        "LIVELEARN_HTTP__PORT": str(_free_port()),
+        "LIVELEARN_SERVING__PORT": str(port),
+        "LIVELEARN_SERVING__TOKENS": json.dumps([TOKEN]),
+    }
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -271,40 +346,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=25)
     args = parser.parse_args()
     bootstrap, redis_url = services()
-    name = f"bench-api-{uuid.uuid4().hex[:8]}"
-    topic = name
-    ensure_topics(bootstrap, {topic: 1}, TopicSettings())
-    spec = {
-        "name": name,
-        "topics": [topic],
-        "task": "binary",
-        "pipeline": PIPELINE,
-        "metrics": ["Accuracy"],
-    }  # the default checkpoint cadence
-    config = {
-        "kafka": {"group_id": name},
-        "redis": {"key_prefix": name},
-        "log": {"level": "WARNING", "format": "json"},
-        "models": [spec],
-    }
+    config = one_model(bootstrap, "bench-api", PIPELINE)
+    spec = config["models"][0]
+    name = topic = spec["name"]
     workdir = Path(tempfile.mkdtemp(prefix="livelearn-bench-api-"))
     config_path = workdir / "livelearn.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = _free_port()
-    env = {
-        **os.environ,
-        "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "LIVELEARN_REDIS__URL": redis_url,
-        "LIVELEARN_SECURITY__SNAPSHOT_KEY": os.environ.get(
-            "LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2
-        ),
-        "LIVELEARN_SECURITY__HASH_KEY": os.environ.get(
-            "LIVELEARN_SECURITY__HASH_KEY", uuid.uuid4().hex * 2
-        ),
-        "LIVELEARN_HTTP__PORT": str(_free_port()),
-        "LIVELEARN_SERVING__PORT": str(port),
-        "LIVELEARN_SERVING__TOKENS": json.dumps([TOKEN]),
-    }
+    env = cli_env(bootstrap, redis_url, port, secret_keys())
     cli = [sys.executable, "-m", "livelearn.cli.main", "--config", str(config_path)]
     procs: list[subprocess.Popen[bytes]] = []
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
@@ -343,7 +392,12 @@ def main() -> None:
             f"{ceiling['p50_ms']:.2f} ms, p99 {ceiling['p99_ms']:.2f} ms, "
             f"{ceiling['errors']} errors"
         )
-        delays = freshness(port, name, topic, producer, args.samples)
+        streaming = threading.Event()
+        stream(producer, topic, 100.0, 10_000, streaming)
+        try:
+            delays = freshness(port, name, topic, producer, args.samples)
+        finally:
+            streaming.set()
         print(
             f"(b) freshness, produced -> visible in an API prediction, checkpoints every 1 s: "
             f"p50 {statistics.median(delays):.2f} s, p95 {_percentile(delays, 0.95):.2f} s, "

@@ -490,8 +490,11 @@ class Learner:
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
 
 
-def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
+def load_learner(codec: SnapshotCodec, blob: bytes, pause_seconds: float = 0.0) -> Learner:
     """Return the learner in a signed snapshot, verified before it is unpickled.
+
+    ``pause_seconds`` is passed to ``SnapshotCodec.decode``: a pause between the pickle's
+    frames, for a load in a background thread that must not hold other threads up.
 
     Raises
     ------
@@ -500,7 +503,7 @@ def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
         holding a ``Learner``) or cannot be loaded here (``SnapshotIncompatible``).
 
     """
-    learner = codec.decode(blob)
+    learner = codec.decode(blob, pause_seconds)
     if not isinstance(learner, Learner):
         raise SnapshotRefused(f"the snapshot holds a {type(learner).__name__}, not a Learner")
     return learner

@@ -142,10 +142,21 @@ class SnapshotCodec:
         """
         return self._verify(blob)[0]
 
-    def decode(self, blob: bytes) -> object:
+    def decode(self, blob: bytes, pause_seconds: float = 0.0) -> object:
         """Verify ``blob`` and return the object it holds.
 
         The signature is checked with ``hmac.compare_digest`` before anything is unpickled.
+
+        Parameters
+        ----------
+        blob
+            A signed snapshot.
+        pause_seconds
+            With a positive value, the unpickler sleeps this long between the pickle's frames
+            (64 KiB each). Unpickling holds the interpreter's lock from start to end; these
+            pauses hand it to the process's other threads (an event loop serving requests
+            while a background thread reloads a large model), which then wait for at most
+            one frame's work.
 
         Raises
         ------
@@ -163,8 +174,10 @@ class SnapshotCodec:
                 data = zlib.decompress(payload)
             except zlib.error as exc:
                 raise SnapshotRefused(f"payload does not decompress: {exc}") from None
+        payload_file = io.BytesIO(data)
+        source = _PausingReader(payload_file, pause_seconds) if pause_seconds > 0 else payload_file
         try:
-            return _Unpickler(io.BytesIO(data)).load()
+            return _Unpickler(source).load()
         except Exception as exc:
             raise SnapshotIncompatible(
                 f"signed snapshot made with river {header.get('river')} and python "
@@ -177,6 +190,33 @@ class SnapshotCodec:
 # livelearn's packages were top-level modules before they moved under `livelearn`; a
 # snapshot signed then names its classes by the old paths (``learners.learner.Learner``).
 _MOVED_PACKAGES = ("learners", "settings", "store", "stream", "serving")
+
+
+class _PausingReader:
+    """A file for the unpickler that sleeps before each read of a new frame.
+
+    From protocol 4 on, a pickle comes in frames of about 64 KiB, and the unpickler reads a
+    whole frame at once; a large object outside the frames is read whole too. A sleep,
+    unlike a mere call into Python, lets a thread waiting for the interpreter's lock take it
+    at once, instead of after ``sys.getswitchinterval()``.
+    """
+
+    def __init__(self, source: io.BytesIO, pause: float) -> None:
+        self._source = source
+        self._pause = pause
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size >= _FRAME_READ:
+            time.sleep(self._pause)
+        return self._source.read(size)
+
+    def readline(self) -> bytes:
+        return self._source.readline()
+
+
+# The smallest read that is a frame or a large object (the unpickler reads opcodes and their
+# arguments, a few bytes each, only between frames).
+_FRAME_READ = 4096
 
 
 class _Unpickler(pickle.Unpickler):

@@ -45,6 +45,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
     BaseModel,
@@ -202,13 +203,26 @@ class Health(BaseModel):
 _bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False)
 
 
-def _authorize(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def _authorize(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
+    """The bearer token check as a dependency (``_bearer`` puts the scheme in the schema).
+
+    A coroutine, though it never awaits: FastAPI runs a plain function dependency in its
+    thread pool, and that hop on every request, each needing the interpreter's lock back,
+    is what a reload's unpickling turned into the API's latency tail
+    (bench/bench_api_load.py).
+    """
+    _check_token(request)
+
+
+def _check_token(request: Request) -> None:
     """Let the request through with one of the app's tokens: 401 without one, 403 if wrong."""
-    if creds is None or not creds.credentials:
+    authorization = request.headers.get("Authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    given = creds.credentials.encode()
+    given = credentials.encode()
     # Compare with every token, so the time taken says nothing about which one was close.
     matched = False
     for token in request.app.state.tokens:
@@ -343,17 +357,20 @@ def create_app(
 
     large = asyncio.Semaphore(_LARGE_AT_ONCE)
 
+    # The token is checked in the route rather than by a dependency: FastAPI's dependency
+    # solving was the largest share of a prediction's time on the event loop
+    # (bench/bench_api_load.py profiles it); the schema names the scheme all the same.
     @app.post(
         "/v1/models/{name}/predict",
-        dependencies=v1,
         responses=predict_errors,
         response_model=PredictionOut | Predictions,
         tags=["predictions"],
         openapi_extra={
+            "security": [{"bearerAuth": []}],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": body_schema}},
-            }
+            },
         },
     )
     async def predict(name: str, request: Request) -> Response:
@@ -363,6 +380,7 @@ def create_app(
         `serving.body_timeout_seconds`, and holds at most `serving.max_batch` events of at
         most `serving.max_features` features each.
         """
+        _check_token(request)
         raw = await read_body(request, limits)
         work: Callable[[], Response]
         if len(raw) > _INLINE_BODY_BYTES:

@@ -361,6 +361,7 @@ class Lookup:
     def _refresh(self, model: str, reason: ReloadReason) -> None:
         """Bring ``model``'s state up to what Redis holds; swap it in if anything changed."""
         with self._reload_lock:
+            started = time.perf_counter()
             current = self._states[model]
             pinned = self._releases.pinned(model)
             self._release_numbers[model] = tuple(self._releases.numbers(model))
@@ -369,16 +370,18 @@ class Lookup:
                 if current.release != pinned:
                     state = self._loader.release(current.spec, pinned)
                     if state is not None:
-                        self._swap(model, state, "pin" if reason != "initial" else reason)
+                        self._swap(model, state, "pin" if reason != "initial" else reason, started)
                 return
             state = self._loader.latest(current)
             self._redis.seen()
             if state is not None:
                 following = current.release is None
-                self._swap(model, state, reason if following or reason == "initial" else "pin")
+                why: ReloadReason = reason if following or reason == "initial" else "pin"
+                self._swap(model, state, why, started)
 
-    def _swap(self, model: str, state: ServedState, reason: ReloadReason) -> None:
+    def _swap(self, model: str, state: ServedState, reason: ReloadReason, started: float) -> None:
         self._states[model] = state
+        self._metrics.reload_seconds.labels(model).observe(time.perf_counter() - started)
         self._metrics.reloads.labels(model, reason).inc()
         self._export_reference(model, state)
         log.info(

@@ -13,6 +13,9 @@ __all__ = ["REJECT_REASONS", "RejectReason", "ServingMetrics"]
 # show where the real figures fall).
 _REQUEST_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LOOKUP_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1)
+# A reload reads, verifies and unpickles a snapshot: a small linear model to a large forest
+# (bench/bench_api_load.py shows where a growing tree falls).
+_RELOAD_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 RELOAD_REASONS = ("announce", "poll", "initial", "pin")
 
@@ -112,6 +115,14 @@ class ServingMetrics:
             "livelearn_serving_reloads_total",
             "Model state reloads, by what triggered them (announce, poll, initial, pin).",
             ["model", "reason"],
+            registry=r,
+        )
+        self.reload_seconds = Histogram(
+            "livelearn_serving_reload_seconds",
+            "Time of a reload that changed the served state (Redis reads, signature checks, "
+            "unpickling), by model; spent in the lookup's background thread.",
+            ["model"],
+            buckets=_RELOAD_BUCKETS,
             registry=r,
         )
         self.lookup_seconds = Histogram(

@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from river import datasets
 
 from livelearn import InvalidFeatures, ModelNotLoaded, UnknownModel
 from livelearn.cli.main import main
 from livelearn.learners import Learner, ModelSpec, SnapshotCodec, partition_for_key, predicted_class
 from livelearn.serving import Lookup, ServingMetrics
+from livelearn.serving import _loader as serving_loader
+from livelearn.serving.api import create_app
 from livelearn.settings import Settings, load_settings
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from livelearn.store.releases import ReleaseStore
@@ -372,7 +376,75 @@ def test_new_checkpoint_is_served_within_two_seconds_of_its_announcement(
     assert lookup.predict_one(b.model, PROBES[1]).proba == newer.predict_proba_one(PROBES[1])
     assert b.metric("livelearn_serving_reloads_total", reason="announce") >= 1
     assert b.metric("livelearn_serving_reloads_total", reason="initial") == 1
+    # Every reload that changed the state is timed, the initial one included.
+    assert b.metric("livelearn_serving_reload_seconds_count") >= 2
     assert 0 <= b.metric("livelearn_model_freshness_seconds") < 5
+
+
+def _hold_loads(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """(entered, release): from now on, a reload that loads a snapshot sets ``entered`` and
+    waits for ``release`` before it unpickles, as a slow Redis or a large tree would."""
+    entered, release = threading.Event(), threading.Event()
+    real = serving_loader.load_learner
+
+    def held(codec: SnapshotCodec, blob: bytes, pause_seconds: float = 0.0) -> Learner:
+        entered.set()
+        assert release.wait(30), "the test never released the reload"
+        return real(codec, blob, pause_seconds)
+
+    monkeypatch.setattr(serving_loader, "load_learner", held)
+    return entered, release
+
+
+def test_predictions_answer_from_the_served_state_while_a_reload_is_held(
+    bench: Callable[..., Bench], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = bench(check=60)
+    old = train(b.spec, 0, 100)
+    b.save(old)
+    lookup = b.lookup()
+    entered, release = _hold_loads(monkeypatch)
+    try:
+        new = train(b.spec, 0, 300)
+        b.save(new)
+        assert entered.wait(10), "the announcement did not start a reload"
+        # The reload thread is inside the load: every prediction still answers, and from
+        # the whole old state (one that waited for the reload would hang here).
+        for x in PROBES:
+            served = lookup.predict_one(b.model, x)
+            assert served.shards == {f"{b.spec.topics[0]}/0": 100}
+            assert served.proba == old.predict_proba_one(x)
+    finally:
+        release.set()
+    wait_for(lambda: _offsets(lookup, b.model)[f"{b.spec.topics[0]}/0"] == 300, 5, "the swap")
+    for x in PROBES:
+        assert lookup.predict_one(b.model, x).proba == new.predict_proba_one(x)
+
+
+def test_the_api_answers_while_a_reload_is_held(
+    bench: Callable[..., Bench], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = bench(check=60)
+    b.save(train(b.spec, 0, 100))
+    lookup = b.lookup()
+    serving = b.settings.serving.model_copy(update={"tokens": [SecretStr("t")]})
+    app = create_app(lookup, b.settings.model_copy(update={"serving": serving}), ServingMetrics())
+    path, auth = f"/v1/models/{b.model}/predict", {"Authorization": "Bearer t"}
+    shard = f"{b.spec.topics[0]}/0"
+    entered, release = _hold_loads(monkeypatch)
+    with TestClient(app) as client:
+        try:
+            b.save(train(b.spec, 0, 300))
+            assert entered.wait(10), "the announcement did not start a reload"
+            for x in PROBES:  # the event loop is not held up by the reload thread
+                answer = client.post(path, json={"features": x}, headers=auth)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["shards"] == {shard: 100}
+        finally:
+            release.set()
+        wait_for(lambda: _offsets(lookup, b.model)[shard] == 300, 5, "the swap")
+        answer = client.post(path, json={"features": PROBES[0]}, headers=auth)
+        assert answer.json()["shards"] == {shard: 300}
 
 
 def test_tampered_blob_is_refused_and_the_last_good_version_serves(

@@ -15,7 +15,7 @@ import pytest
 import river
 
 from livelearn import SnapshotError, SnapshotIncompatible, SnapshotRefused
-from livelearn.learners import SNAPSHOT_FORMAT, SnapshotCodec
+from livelearn.learners import SNAPSHOT_FORMAT, SnapshotCodec, snapshot
 
 KEY = b"snapshot-test-key"
 MakeCodec = Callable[..., SnapshotCodec]
@@ -264,3 +264,31 @@ def test_a_snapshot_signed_before_the_livelearn_namespace_still_loads(
     restored = make_codec().decode(_resign(blob[: 11 + header_len] + legacy))
     assert type(restored) is MonitorSpec
     assert restored == spec
+
+
+def test_decode_with_pauses_sleeps_between_frames_and_returns_the_same_object(
+    make_codec: MakeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = make_codec(compress_level=0)
+    obj = {"weights": [float(i) for i in range(40_000)], "name": "tree"}
+    blob = codec.encode(obj)
+    pauses: list[float] = []
+    monkeypatch.setattr(snapshot.time, "sleep", pauses.append)
+    assert codec.decode(blob) == obj
+    assert pauses == []
+    assert codec.decode(blob, pause_seconds=0.001) == obj
+    # One pause a 64 KiB frame at least: the payload is several frames long.
+    assert len(pauses) >= len(blob) // (64 * 1024)
+    assert set(pauses) == {0.001}
+
+
+def test_decode_with_pauses_still_refuses_a_forged_blob_before_unpickling(
+    make_codec: MakeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(snapshot.time, "sleep", pauses.append)
+    forged = make_codec(key=b"attacker-guess").encode([_Trap(), list(range(100_000))])
+    with pytest.raises(SnapshotRefused):
+        make_codec().decode(forged, pause_seconds=0.001)
+    assert SPRUNG == []
+    assert pauses == []  # refused before the unpickler read anything
