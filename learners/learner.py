@@ -12,7 +12,7 @@ from river import base, compose
 
 from livelearn.errors import InvalidEvent, SnapshotRefused
 from livelearn.learners.monitor import Monitor
-from livelearn.learners.snapshot import SnapshotCodec
+from livelearn.learners.snapshot import Binding, SnapshotCodec
 from livelearn.learners.spec import DelayedLabels, ModelSpec
 
 __all__ = ["LABEL_OUTCOMES", "Learner", "in_holdout", "load_learner"]
@@ -441,8 +441,9 @@ class Learner:
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
 
 
-def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
-    """Return the learner in a signed snapshot, verified before it is unpickled.
+def load_learner(codec: SnapshotCodec, blob: bytes, expect: Binding | None = None) -> Learner:
+    """Return the learner in a signed snapshot, verified (and its binding compared with
+    ``expect``, for a snapshot read from a store) before it is unpickled.
 
     Raises
     ------
@@ -451,7 +452,7 @@ def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
         holding a ``Learner``) or cannot be loaded here (``SnapshotIncompatible``).
 
     """
-    learner = codec.decode(blob)
+    learner = codec.decode(blob, expect)
     if not isinstance(learner, Learner):
         raise SnapshotRefused(f"the snapshot holds a {type(learner).__name__}, not a Learner")
     return learner
