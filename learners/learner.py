@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from river import base, compose
@@ -441,7 +441,12 @@ class Learner:
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
 
 
-def load_learner(codec: SnapshotCodec, blob: bytes, expect: Binding | None = None) -> Learner:
+def load_learner(
+    codec: SnapshotCodec,
+    blob: bytes,
+    expect: Binding | None = None,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+) -> Learner:
     """Return the learner in a signed snapshot, verified (and its binding compared with
     ``expect``, for a snapshot read from a store) before it is unpickled.
 
@@ -452,7 +457,7 @@ def load_learner(codec: SnapshotCodec, blob: bytes, expect: Binding | None = Non
         holding a ``Learner``) or cannot be loaded here (``SnapshotIncompatible``).
 
     """
-    learner = codec.decode(blob, expect)
+    learner = codec.decode(blob, expect, check)
     if not isinstance(learner, Learner):
         raise SnapshotRefused(f"the snapshot holds a {type(learner).__name__}, not a Learner")
     return learner

@@ -34,7 +34,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -311,12 +311,17 @@ class SnapshotCodec:
             _check_binding(header, expect)
         return header
 
-    def decode(self, blob: bytes, expect: Binding | None = None) -> object:
+    def decode(
+        self,
+        blob: bytes,
+        expect: Binding | None = None,
+        check: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> object:
         """Verify ``blob`` and return the object it holds.
 
-        The signature is checked with ``hmac.compare_digest``, and the binding compared with
-        ``expect`` (when given: always, for what was read from a store), before anything is
-        unpickled.
+        The signature is checked with ``hmac.compare_digest``, the binding compared with
+        ``expect`` (when given: always, for what was read from a store), and ``check`` called
+        with the verified header (it raises to refuse), before anything is unpickled.
 
         Raises
         ------
@@ -331,6 +336,8 @@ class SnapshotCodec:
         header, payload = self._verify(blob)
         if expect is not None:
             _check_binding(header, expect)
+        if check is not None:
+            check(header)
         data: bytes | memoryview = payload
         if header["compressed"] == "zlib":
             try:

@@ -11,6 +11,8 @@ shards refused now are listed by `StateLoader.refused` (the API's /readyz).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from livelearn.errors import ReleaseError, SnapshotError, SnapshotRefused
 from livelearn.learners import Binding, Learner, ModelSpec, SnapshotCodec, load_learner
@@ -151,13 +153,16 @@ class StateLoader:
     ) -> Learner | None:
         """The learner in ``blob``, bound to ``expect`` and not older than version ``seen``,
         or None (logged and counted) when the blob is refused."""
-        try:
+
+        def not_older(header: Mapping[str, Any]) -> None:
             if expect is not None and expect.version < seen:
                 raise SnapshotRefused(
                     f"rolled back: version {expect.version} is older than version {seen}, "
                     "already loaded here"
                 )
-            return load_learner(self._codec, blob, expect)
+
+        try:
+            return load_learner(self._codec, blob, expect, not_older)
         except SnapshotError as exc:
             problem = str(exc)
         self._problem = problem

@@ -159,8 +159,12 @@ class Claims(Checkpointing):
         else:
             base_blob = checkpoint.blob
             try:
-                self._check_not_rolled_back(checkpoint, floor)
-                learner = load_learner(self._codec, checkpoint.blob, checkpoint.binding())
+                learner = load_learner(
+                    self._codec,
+                    checkpoint.blob,
+                    checkpoint.binding(),
+                    lambda _: self._check_not_rolled_back(checkpoint, floor),
+                )
             except SnapshotError as exc:
                 self._metrics.snapshots_refused.labels(spec.name).inc()
                 log.error(

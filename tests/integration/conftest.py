@@ -212,6 +212,21 @@ class Deployment:
         row = self.store.describe(self.shard(partition))
         return -1 if row is None else int(row["next_offset"])
 
+    def wait_checkpointed(
+        self,
+        offset: int,
+        partitions: int,
+        timeout: float = 120,
+        context: Callable[[], str] | None = None,
+    ) -> None:
+        """Wait until every partition's checkpoint is at ``offset``."""
+        wait_for(
+            lambda: all(self.next_offset(p) == offset for p in range(partitions)),
+            timeout,
+            f"every partition checkpointed at {offset}",
+            context=context,
+        )
+
     def learner(self, partition: int = 0) -> Learner:
         checkpoint = self.store.load(self.shard(partition))
         assert checkpoint is not None, f"no checkpoint for {self.shard(partition)}"

@@ -201,15 +201,10 @@ def test_two_workers_one_stopped_midstream_every_event_once(make_topic, deploy, 
     )
     assert first.terminate() == 0, first.tail()
     producer.join()
-    per_partition = len(events) // partitions
-    wait_for(
-        lambda: all(dep.next_offset(p) == per_partition for p in range(partitions)),
-        120,
-        "every partition to reach its last offset",
-    )
+    dep.wait_checkpointed(len(events) // partitions, partitions)
     assert second.terminate() == 0
     learned = [dep.stats(p)["events_learned"] for p in range(partitions)]
-    assert learned == [per_partition] * partitions
+    assert learned == [len(events) // partitions] * partitions
     assert second.proc.returncode == 0
 
 

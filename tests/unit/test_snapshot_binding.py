@@ -123,7 +123,7 @@ def test_the_hmac_uses_the_key_of_the_key_id_and_a_constant_time_compare(
     assert calls == [1]
 
 
-def _format_1(key: bytes, obj: object) -> bytes:
+def format_1(key: bytes, obj: object) -> bytes:
     """A snapshot as the build before key ids wrote it."""
     header = json.dumps(
         {"format": 1, "river": "0", "python": "3", "created_at": 0.0, "compressed": "none"},
@@ -135,14 +135,14 @@ def _format_1(key: bytes, obj: object) -> bytes:
 
 
 def test_a_format_1_snapshot_is_refused_unless_migrating() -> None:
-    legacy = _format_1(OLD, _Trap())
+    legacy = format_1(OLD, _Trap())
     with pytest.raises(SnapshotRefused, match="accept_legacy_snapshots"):
         SnapshotCodec(_ring()).decode(legacy, BOUND)
     assert SPRUNG == []
     migrating = SnapshotCodec(_ring(active="k2"), accept_legacy=True)
     assert migrating.header(legacy, BOUND)["kid"] == "k1"
     with pytest.raises(SnapshotRefused, match="signature mismatch"):
-        migrating.decode(_format_1(b"attacker-key-0123456789", _Trap()), BOUND)
+        migrating.decode(format_1(b"attacker-key-0123456789", _Trap()), BOUND)
     assert SPRUNG == []
 
 
