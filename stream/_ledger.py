@@ -72,6 +72,8 @@ class LedgerCodec:
 
     def read(self, tp: TopicPartition, metadata: str | None) -> Floors:
         """The floors of a record; empty for no record, or one that does not verify (logged)."""
+        # confluent-kafka commits the metadata with its C string's terminating NUL.
+        metadata = (metadata or "").rstrip("\x00")
         if not metadata:
             return {}
         try:

@@ -21,6 +21,8 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from livelearn import ReleaseError
+from livelearn.cli.models import describe_model
+from livelearn.learners import Keyring, SnapshotCodec
 from livelearn.serving import Lookup
 from livelearn.serving.metrics import ServingMetrics
 from livelearn.settings import load_settings
@@ -29,6 +31,7 @@ from tests.integration.conftest import (
     SNAPSHOT_KEY,
     Deployment,
     WorkerHandle,
+    each_consumer,
     encode,
     phishing_events,
     produce,
@@ -124,10 +127,12 @@ def test_an_edited_checkpoint_field_is_refused(
     assert dep.stats()["events_learned"] == 200
 
 
+@each_consumer
 def test_an_older_validly_signed_checkpoint_written_back_is_refused(
-    make_topic: Any, deploy: Any, redis_client: redis.Redis
+    make_topic: Any, deploy: Any, redis_client: redis.Redis, consumer: dict[str, Any]
 ) -> None:
-    dep = deploy(make_topic(partitions=1))
+    """Kafka's committed record, written by each consumer backend, refuses it."""
+    dep = deploy(make_topic(partitions=1), settings={"kafka": consumer})
     _learn(dep, 200)
     key = _hash_key(dep)
     old = redis_client.hgetall(key)  # every field, consistent with its signed blob
@@ -358,4 +363,9 @@ def test_a_key_rotates_under_traffic_with_nothing_refused_or_lost(
         per_partition
     ] * partitions
     assert _key_ids(dep, partitions) == {"k2"}
+    # `livelearn models show` verifies each shard with the keys it has, and says its key id.
+    shown = describe_model(
+        dep.store, dep.model, SnapshotCodec(Keyring({"k2": NEW_KEY.encode()}, "k2"))
+    )
+    assert {(s["key_id"], s["signature"]) for s in shown["shards"]} == {("k2", "ok")}
     assert server.terminate() == 0
