@@ -2,7 +2,7 @@
 
 ``python -m bench`` runs every benchmark in one process, one after the other, each with
 its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
-worker, replay, lookup, api, api-load and shards, with its own arguments; e.g.
+worker, replay, lookup, api, api-load, shards and snapshot, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -20,6 +20,7 @@ from bench import (
     bench_lookup,
     bench_replay,
     bench_shards,
+    bench_snapshot,
     bench_worker,
 )
 
@@ -57,6 +58,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "api": _parsing_argv("api", bench_api.main),
     "api-load": _parsing_argv("api-load", bench_api_load.main),
     "shards": bench_shards.main,
+    "snapshot": bench_snapshot.main,
 }
 
 

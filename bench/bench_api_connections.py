@@ -152,7 +152,7 @@ def seed(redis_url: str, name: str, key: bytes, spec: dict[str, Any]) -> None:
     store = RedisCheckpointStore(redis.Redis.from_url(redis_url), name)
     shard = ShardId(name, spec["topics"][0], 0)
     epoch, _ = store.claim(shard)
-    store.save(shard, epoch, SnapshotCodec(key).encode(learner), 200, learner.stats())
+    store.write(SnapshotCodec(key), shard, epoch, learner, 200, learner.stats())
 
 
 def phases(results: list[list[Any]], bounds: dict[str, tuple[float, float]]) -> None:

@@ -74,7 +74,7 @@ def _bench_spec(
         shard = ShardId("bench", "bench", 0)
         epoch, _ = store.claim(shard)
         codec = SnapshotCodec(settings.require_secret("snapshot_key"))
-        store.save(shard, epoch, codec.encode(learner), len(rows), learner.stats())
+        store.write(codec, shard, epoch, learner, len(rows), learner.stats())
         probes = [x for x, _ in rows]
         with Lookup(settings, client=client) as lookup:
             lookup.start()

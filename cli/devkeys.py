@@ -102,6 +102,8 @@ def missing(settings: Settings, keys: Sequence[Key]) -> list[Key]:
         else:
             secret = getattr(settings.security, key)
             values = [] if secret is None else [secret]
+            if key == "snapshot_key":  # or keys by key id (security.snapshot_keys)
+                values += settings.security.snapshot_keys.values()
         if not any(value.get_secret_value().strip() for value in values):
             absent.append(key)
     return absent

@@ -224,8 +224,13 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
     from livelearn.cli.models import describe_model, format_model
+    from livelearn.errors import ConfigError
 
-    desc = describe_model(_store(args), args.name)
+    try:
+        codec = _load(args).snapshot_codec()
+    except ConfigError:  # no keys here: the key ids the store records, unverified
+        codec = None
+    desc = describe_model(_store(args), args.name, codec)
     if not desc["shards"]:
         print(f"livelearn: no checkpoints for model {args.name!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -244,9 +249,10 @@ def _release_store(args: argparse.Namespace) -> Any:
     return ReleaseStore(
         client,
         RedisCheckpointStore(client, prefix),
-        settings.require_secret("snapshot_key"),
+        settings.require_keyring(),
         prefix,
         keep=settings.serving.keep_releases,
+        accept_legacy=settings.security.accept_legacy_snapshots,
     )
 
 

@@ -1,21 +1,40 @@
-"""``livelearn models list|show``: shard state read from Redis, nothing unpickled."""
+"""``livelearn models list|show``: shard state read from Redis, nothing unpickled.
+
+With the snapshot keys at hand, ``show`` verifies each shard's signature and binding and
+reports the key id from the signed header (else the key id the store records).
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from livelearn.errors import SnapshotError
+from livelearn.learners import SnapshotCodec
 from livelearn.store.checkpoints import RedisCheckpointStore
 
 
-def describe_model(store: RedisCheckpointStore, model: str) -> dict[str, Any]:
-    """A model's shards as JSON-ready rows (the README documents the keys)."""
+def describe_model(
+    store: RedisCheckpointStore, model: str, codec: SnapshotCodec | None = None
+) -> dict[str, Any]:
+    """A model's shards as JSON-ready rows (the README documents the keys); with ``codec``
+    each shard's signature is verified (``signature``: ``ok`` or why it is refused)."""
     now = time.time()
     shards = []
     for shard in store.shards(model):
         row = store.describe(shard)
         if row is None:
             continue
+        signature = None
+        if codec is not None:
+            checkpoint = store.load(shard)
+            if checkpoint is None:
+                continue
+            try:
+                header = codec.header(checkpoint.blob, checkpoint.binding())
+                row["kid"], signature = header["kid"], "ok"
+            except SnapshotError as exc:
+                signature = f"refused: {exc}"
         stats = row["stats"]
         shards.append(
             {
@@ -30,6 +49,8 @@ def describe_model(store: RedisCheckpointStore, model: str) -> dict[str, Any]:
                 "drift_offsets": stats.get("drift_offsets", []),
                 "epoch": row["epoch"],
                 "version": row["version"],
+                "key_id": row["kid"] or None,
+                "signature": signature,
                 "snapshot_bytes": row["size"],
                 "updated_at": row["updated_at"],
                 "age_seconds": round(now - row["updated_at"], 3),
@@ -49,7 +70,19 @@ def format_model(desc: dict[str, Any]) -> str:
         f"model {desc['model']}: {desc['events_learned']} events learned, "
         f"{desc['events_scored']} scored, {len(desc['shards'])} shard(s)"
     )
-    cols = ["topic", "part", "next_offset", "learned", "scored", "drift", "epoch", "bytes", "age_s"]
+    cols = [
+        "topic",
+        "part",
+        "next_offset",
+        "learned",
+        "scored",
+        "drift",
+        "epoch",
+        "version",
+        "key_id",
+        "bytes",
+        "age_s",
+    ]
     rows = [cols]
     metric_lines = []
     for s in desc["shards"]:
@@ -62,6 +95,8 @@ def format_model(desc: dict[str, Any]) -> str:
                 str(s["events_scored"]),
                 str(s["drift_detections"]),
                 str(s["epoch"]),
+                str(s["version"]),
+                s["key_id"] or "-",
                 str(s["snapshot_bytes"]),
                 f"{s['age_seconds']:.1f}",
             ]
@@ -71,6 +106,8 @@ def format_model(desc: dict[str, Any]) -> str:
             for k, v in s["metrics"].items()
         )
         metric_lines.append(f"  {s['topic']}/{s['partition']}: {metrics}")
+        if s.get("signature") not in (None, "ok"):
+            metric_lines.append(f"  {s['topic']}/{s['partition']}: {s['signature']}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     table = ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([head, *table, "metrics:", *metric_lines])

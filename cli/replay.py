@@ -60,14 +60,17 @@ def run(args: argparse.Namespace) -> int:
     settings = load_and_log(args)
     spec = _spec(settings, args)
     bootstrap, _ = settings.require_services()
-    from livelearn.learners import SnapshotCodec
-
-    key = settings.require_secret("snapshot_key")
-    codec, hash_key = SnapshotCodec(key), settings.require_secret("hash_key")
+    codec, hash_key = settings.snapshot_codec(), settings.require_secret("hash_key")
     start = parse_start(args.start)
     client = connect_redis(settings)
     store = RedisCheckpointStore(client, settings.redis.key_prefix)
-    releases = ReleaseStore(client, store, key, settings.redis.key_prefix)
+    releases = ReleaseStore(
+        client,
+        store,
+        codec.keys,
+        settings.redis.key_prefix,
+        accept_legacy=settings.security.accept_legacy_snapshots,
+    )
     k = settings.kafka
     config = replay_consumer_config(settings)
     probe = KafkaConsumer(**config)

@@ -18,7 +18,14 @@ from livelearn.learners.fingerprint import LEARNING_FIELDS, spec_changes, spec_f
 from livelearn.learners.labels import check_label
 from livelearn.learners.learner import Learner, in_holdout, load_learner
 from livelearn.learners.sanitize import Sanitizer
-from livelearn.learners.snapshot import SNAPSHOT_FORMAT, SnapshotCodec
+from livelearn.learners.snapshot import (
+    DEFAULT_KEY_ID,
+    SNAPSHOT_FORMAT,
+    Binding,
+    Keyring,
+    SnapshotCodec,
+    stats_digest,
+)
 from livelearn.learners.spec import (
     CheckpointPolicy,
     ModelSpec,
@@ -29,9 +36,12 @@ from livelearn.learners.spec import (
 )
 
 __all__ = [
+    "DEFAULT_KEY_ID",
     "LEARNING_FIELDS",
     "SNAPSHOT_FORMAT",
+    "Binding",
     "CheckpointPolicy",
+    "Keyring",
     "Learner",
     "ModelSpec",
     "RiverRef",
@@ -51,4 +61,5 @@ __all__ = [
     "predicted_class",
     "spec_changes",
     "spec_fingerprint",
+    "stats_digest",
 ]

@@ -7,14 +7,14 @@ import itertools
 import math
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from river import base, compose
 
 from livelearn.errors import InvalidEvent, SnapshotRefused
 from livelearn.learners.monitor import Monitor
-from livelearn.learners.snapshot import SnapshotCodec
+from livelearn.learners.snapshot import Binding, SnapshotCodec
 from livelearn.learners.spec import DelayedLabels, ModelSpec
 
 __all__ = ["LABEL_OUTCOMES", "Learner", "in_holdout", "load_learner"]
@@ -490,8 +490,15 @@ class Learner:
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
 
 
-def load_learner(codec: SnapshotCodec, blob: bytes, pause_seconds: float = 0.0) -> Learner:
-    """Return the learner in a signed snapshot, verified before it is unpickled.
+def load_learner(
+    codec: SnapshotCodec,
+    blob: bytes,
+    expect: Binding | None = None,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+    pause_seconds: float = 0.0,
+) -> Learner:
+    """Return the learner in a signed snapshot, verified (and its binding compared with
+    ``expect``, for a snapshot read from a store) before it is unpickled.
 
     ``pause_seconds`` is passed to ``SnapshotCodec.decode``: a pause between the pickle's
     frames, for a load in a background thread that must not hold other threads up.
@@ -503,7 +510,7 @@ def load_learner(codec: SnapshotCodec, blob: bytes, pause_seconds: float = 0.0) 
         holding a ``Learner``) or cannot be loaded here (``SnapshotIncompatible``).
 
     """
-    learner = codec.decode(blob, pause_seconds)
+    learner = codec.decode(blob, expect, check, pause_seconds)
     if not isinstance(learner, Learner):
         raise SnapshotRefused(f"the snapshot holds a {type(learner).__name__}, not a Learner")
     return learner

@@ -12,6 +12,7 @@
     │   ├── SnapshotRefused                    unsigned, tampered with or truncated
     │   └── SnapshotIncompatible               signed, but this build cannot load it
     ├── StaleEpochError                        a checkpoint write lost its fencing epoch
+    ├── VersionConflict                        a checkpoint write's version is not the newest
     ├── ReleaseError (also a ValueError)       no such release, or nothing to freeze
     ├── StackError (also a RuntimeError)       the local developer stack cannot start: exit 69
     └── ServingError                           a prediction cannot be answered
@@ -44,6 +45,7 @@ __all__ = [
     "StackError",
     "StaleEpochError",
     "UnknownModel",
+    "VersionConflict",
 ]
 
 
@@ -162,6 +164,24 @@ class StaleEpochError(LivelearnError):
         self.shard = shard
         self.held = held
         self.current = current
+
+
+class VersionConflict(LivelearnError):
+    """A checkpoint write was refused: the store holds version ``stored``, at or above the
+    ``version`` signed into the write (after a `livelearn models reset` kept the count, or
+    an edit of the store). The writer signs ``stored + 1`` and writes again."""
+
+    def __init__(self, shard: str, version: int, stored: int) -> None:
+        super().__init__(
+            f"checkpoint of {shard} refused: its version {version} is not above the stored "
+            f"version {stored}"
+        )
+        self.shard = shard
+        self.version = version
+        self.stored = stored
+
+    def __reduce__(self) -> tuple[type[VersionConflict], tuple[str, int, int]]:
+        return (type(self), (self.shard, self.version, self.stored))
 
 
 class ReleaseError(LivelearnError, ValueError):

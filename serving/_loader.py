@@ -1,17 +1,21 @@
 """A model's served state read from Redis: its latest checkpoints or a release, each
-snapshot's signature verified before it is unpickled.
+snapshot's signature and binding verified before it is unpickled.
 
-A refused blob (bad signature, unloadable) is logged with its shard and version and
-counted, and the same version is not tried again; a refused release is not tried again
-at all (releases never change). A shard that disappears from Redis keeps its last state.
+A refused blob (bad signature, not the checkpoint the store says it is, older than a
+version already seen here, unloadable) is logged with its shard and version and counted,
+and the same version is not tried again; a refused release is not tried again at all
+(releases never change). A shard that disappears from Redis keeps its last state. The
+shards refused now are listed by `StateLoader.refused` (the API's /readyz).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
-from livelearn.errors import ReleaseError, SnapshotError
-from livelearn.learners import Learner, ModelSpec, SnapshotCodec, load_learner
+from livelearn.errors import ReleaseError, SnapshotError, SnapshotRefused
+from livelearn.learners import Binding, Learner, ModelSpec, SnapshotCodec, load_learner
 from livelearn.serving._state import LoadedShard, ServedState
 from livelearn.serving.metrics import ServingMetrics
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
@@ -44,7 +48,15 @@ class StateLoader:
         self._codec = codec
         self._metrics = metrics
         self._refused: dict[ShardId, tuple[int, float]] = {}
+        self._reasons: dict[ShardId, str] = {}
+        self._problem = ""  # why the last blob was refused
+        # The highest version loaded of each shard: an older one is a rollback, refused.
+        self._seen: dict[ShardId, int] = {}
         self._refused_releases: dict[str, int] = {}  # releases are immutable: refuse once
+
+    def refused(self) -> dict[str, str]:
+        """The shards whose latest checkpoint is refused now, with why."""
+        return {str(s): why for s, why in sorted(self._reasons.items())}
 
     def latest(self, current: ServedState) -> ServedState | None:
         """The model of ``current`` at its latest checkpoints; None when nothing changed.
@@ -100,7 +112,7 @@ class StateLoader:
         shards = []
         for entry in release.shards.values():
             where = f"{entry.shard} of release {number}"
-            learner = self._decode(spec.name, where, entry.blob)
+            learner = self._decode(spec.name, where, entry.blob, entry.binding)
             if learner is None:
                 self._refused_releases[spec.name] = number
                 return None
@@ -123,10 +135,15 @@ class StateLoader:
         if checkpoint is None:
             return None
         where = f"{shard_id} version {checkpoint.version}"
-        learner = self._decode(shard_id.model, where, checkpoint.blob)
+        seen = self._seen.get(shard_id, 0)
+        expect = checkpoint.binding()
+        learner = self._decode(shard_id.model, where, checkpoint.blob, expect, seen)
         if learner is None:
             self._refused[shard_id] = (checkpoint.version, checkpoint.updated_at)
+            self._reasons[shard_id] = self._problem
             return None
+        self._seen[shard_id] = checkpoint.version
+        self._reasons.pop(shard_id, None)
         return LoadedShard(
             shard_id,
             learner,
@@ -137,12 +154,24 @@ class StateLoader:
             float(checkpoint.stats.get("events_learned", learner.events_learned)),
         )
 
-    def _decode(self, model: str, where: str, blob: bytes) -> Learner | None:
-        """The learner in ``blob``, or None (logged and counted) when the blob is refused."""
+    def _decode(
+        self, model: str, where: str, blob: bytes, expect: Binding | None, seen: int = 0
+    ) -> Learner | None:
+        """The learner in ``blob``, bound to ``expect`` and not older than version ``seen``,
+        or None (logged and counted) when the blob is refused."""
+
+        def not_older(header: Mapping[str, Any]) -> None:
+            if expect is not None and expect.version < seen:
+                raise SnapshotRefused(
+                    f"rolled back: version {expect.version} is older than version {seen}, "
+                    "already loaded here"
+                )
+
         try:
-            return load_learner(self._codec, blob, FRAME_PAUSE_SECONDS)
+            return load_learner(self._codec, blob, expect, not_older, FRAME_PAUSE_SECONDS)
         except SnapshotError as exc:
             problem = str(exc)
+        self._problem = problem
         self._metrics.snapshots_refused.labels(model).inc()
         log.error(
             "snapshot refused: %s %s; the last good state keeps serving",

@@ -39,7 +39,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from livelearn.errors import ConfigError, InvalidFeatures, UnknownModel
-from livelearn.learners import ModelSpec, Sanitizer, SnapshotCodec, Task, combine_metrics
+from livelearn.learners import ModelSpec, Sanitizer, Task, combine_metrics
 from livelearn.serving._features import check_batch, check_features
 from livelearn.serving._loader import StateLoader
 from livelearn.serving._reloader import RedisContact, Reloader, ReloadReason
@@ -118,7 +118,7 @@ class Lookup:
                 specs[name] = settings.model(name)
             except ConfigError:
                 raise UnknownModel(name, configured) from None
-        snapshot_key = settings.require_secret("snapshot_key")
+        codec = settings.snapshot_codec()
         hashes = any(rule.action == "hash" for spec in specs.values() for rule in spec.sanitize)
         hash_key = settings.require_secret("hash_key") if hashes else b""
         self._settings = settings
@@ -129,11 +129,14 @@ class Lookup:
         prefix = settings.redis.key_prefix
         store = RedisCheckpointStore(self._client, prefix)
         self._releases = ReleaseStore(
-            self._client, store, snapshot_key, prefix, keep=settings.serving.keep_releases
+            self._client,
+            store,
+            codec.keys,
+            prefix,
+            keep=settings.serving.keep_releases,
+            accept_legacy=settings.security.accept_legacy_snapshots,
         )
-        self._loader = StateLoader(
-            store, self._releases, SnapshotCodec(snapshot_key), self._metrics
-        )
+        self._loader = StateLoader(store, self._releases, codec, self._metrics)
         self._sanitizers = {
             name: Sanitizer(spec.sanitize, hash_key) for name, spec in specs.items()
         }
@@ -328,13 +331,16 @@ class Lookup:
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Whether Redis answered recently and every served model has a shard loaded.
 
-        The details are ``{"redis": bool, "models": {name: shards loaded}}``. Predictions go
-        on from memory while Redis is away, but the lookup is not ready then.
+        The details are ``{"redis": bool, "models": {name: shards loaded}, "refused_shards":
+        {shard: why}}``. Predictions go on from memory while Redis is away, but the lookup
+        is not ready then; a shard whose latest checkpoint is refused keeps its last good
+        state and is listed.
         """
         recent = 2 * self._check_seconds + self._settings.redis.socket_timeout_s
         redis_ok = self._redis.answered_within(recent)
         loaded = {name: len(state.shards) for name, state in self._states.items()}
-        return redis_ok and all(loaded.values()), {"redis": redis_ok, "models": loaded}
+        details = {"redis": redis_ok, "models": loaded, "refused_shards": self._loader.refused()}
+        return redis_ok and all(loaded.values()), details
 
     def _freshness(self, model: str) -> float:
         state = self._states[model]

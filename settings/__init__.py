@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ from pydantic_settings import (
 )
 
 from livelearn.errors import ConfigError
-from livelearn.learners import ModelSpec
+from livelearn.learners import DEFAULT_KEY_ID, Keyring, ModelSpec, SnapshotCodec
+from livelearn.learners.snapshot import KEY_ID_PATTERN
 
 DEFAULT_CONFIG = Path("config/livelearn.yaml")
 ENV_PREFIX = "LIVELEARN_"
@@ -37,7 +39,7 @@ KafkaClient = Literal["confluent", "kafka-python"]
 KafkaAssignment = Literal["eager", "cooperative"]
 LogFormat = Literal["auto", "json", "text"]
 
-_SECRET_FIELDS = frozenset({"snapshot_key", "hash_key", "password", "tokens"})
+_SECRET_FIELDS = frozenset({"snapshot_key", "snapshot_keys", "hash_key", "password", "tokens"})
 
 _config_path: ContextVar[Path | None] = ContextVar("livelearn_config_path", default=None)
 
@@ -185,8 +187,50 @@ class TopicSettings(_Section):
 
 
 class SecuritySettings(_Section):
+    """Keys, and the switches of the checkpoint checks (README, "Security")."""
+
+    # One signing key, under key id "default" (DEFAULT_KEY_ID); or use snapshot_keys.
     snapshot_key: SecretStr | None = None
+    # Keys by key id: every one verifies, snapshot_key_id signs (a rotation adds the new key
+    # here first, then makes it the signing one, then removes the old one).
+    snapshot_keys: dict[str, SecretStr] = {}
+    snapshot_key_id: str | None = None
     hash_key: SecretStr | None = None
+    # Load format-1 snapshots (from before key ids and bindings) while migrating; each is
+    # logged and written again in format 2 at its shard's next checkpoint.
+    accept_legacy_snapshots: bool = False
+    # Accept checkpoints older than Kafka's committed record of the shard (after Redis was
+    # restored from an older backup on purpose); logged. Otherwise they are refused.
+    accept_rollback: bool = False
+
+    @model_validator(mode="after")
+    def _key_ids(self) -> SecuritySettings:
+        for kid in self.snapshot_keys:
+            if not re.match(KEY_ID_PATTERN, kid):
+                raise ValueError(
+                    f"security.snapshot_keys: key id {kid!r} must be 1 to 64 letters, digits, "
+                    "'.', '_' or '-'"
+                )
+        if self.snapshot_key is not None and DEFAULT_KEY_ID in self.snapshot_keys:
+            raise ValueError(
+                f"security.snapshot_key is the key of id {DEFAULT_KEY_ID!r}, which "
+                "security.snapshot_keys also holds: keep one of them"
+            )
+        known = set(self.snapshot_keys) | ({DEFAULT_KEY_ID} if self.snapshot_key else set())
+        if self.snapshot_key_id is not None and self.snapshot_key_id not in known:
+            raise ValueError(
+                f"security.snapshot_key_id {self.snapshot_key_id!r} is not a key id of "
+                f"security.snapshot_keys (ids: {', '.join(sorted(known)) or 'none'}): add "
+                "its key there, or name one of those"
+            )
+        if self.snapshot_key_id is None and len(self.snapshot_keys) > 1 + (
+            self.snapshot_key is not None
+        ):
+            raise ValueError(
+                "security.snapshot_keys holds several keys but security.snapshot_key_id does "
+                "not say which one signs: set it (LIVELEARN_SECURITY__SNAPSHOT_KEY_ID)"
+            )
+        return self
 
 
 ProcessingErrorPolicy = Literal["dead_letter", "stop_shard"]
@@ -352,6 +396,38 @@ class Settings(BaseSettings):
                 "(or start a local stack: livelearn stack up)"
             )
         return self.redis.url
+
+    def require_keyring(self) -> Keyring:
+        """The snapshot keys by key id and the one that signs, or ConfigError naming the
+        setting (never a key's value)."""
+        sec = self.security
+        secrets = dict(sec.snapshot_keys)
+        if sec.snapshot_key is not None:
+            secrets[DEFAULT_KEY_ID] = sec.snapshot_key
+        if not secrets:
+            self.require_secret("snapshot_key")  # raises, naming the setting and the fix
+        for kid, secret in secrets.items():
+            if len(secret.get_secret_value()) < 16:
+                name = (
+                    "security.snapshot_key"
+                    if kid == DEFAULT_KEY_ID and sec.snapshot_key is not None
+                    else f"security.snapshot_keys.{kid}"
+                )
+                raise ConfigError(
+                    f"{name} is too short: set it to a random string of at least 16 "
+                    "characters (e.g. the output of: python -c 'import secrets; "
+                    "print(secrets.token_hex(32))')"
+                )
+        active = sec.snapshot_key_id
+        if active is None:
+            active = DEFAULT_KEY_ID if sec.snapshot_key is not None else sorted(secrets)[0]
+        return Keyring({k: v.get_secret_value().encode() for k, v in secrets.items()}, active)
+
+    def snapshot_codec(self) -> SnapshotCodec:
+        """The codec of checkpoints: the keyring, and the migration switch for format 1."""
+        return SnapshotCodec(
+            self.require_keyring(), accept_legacy=self.security.accept_legacy_snapshots
+        )
 
     def require_secret(self, name: Literal["snapshot_key", "hash_key"]) -> bytes:
         """A security key's bytes, or ConfigError naming the setting."""

@@ -1,10 +1,15 @@
 """The checkpoint store: shard snapshots with the offsets they cover, in Redis.
 
 One hash per (model, topic, partition) holds the signed snapshot, the next
-offset to read, the owner's epoch, the counts and metrics, the time and the
-size. A write runs as one Lua script that first checks the writer's fencing
-epoch, so a zombie worker cannot overwrite the new owner's state, and then
-announces the new version on the model's channel.
+offset to read, the owner's epoch, the counts and metrics, the version, the key
+id that signed it, the time and the size. A write runs as one Lua script that
+first checks the writer's fencing epoch, so a zombie worker cannot overwrite the
+new owner's state, and that its version is above the stored one (the writer
+signs the version into the snapshot, `Checkpoint.binding`), and then announces
+the new version on the model's channel.
+
+The hash's fields are not trusted: a reader compares them with the binding signed in the
+snapshot (`learners/snapshot.py`) and refuses any difference.
 
 Keys, under ``key_prefix`` (default ``livelearn``)::
 
@@ -41,7 +46,8 @@ from typing import Any, Protocol
 import redis
 from redis import exceptions as redis_errors
 
-from livelearn.errors import ServiceUnavailable, StaleEpochError
+from livelearn.errors import ServiceUnavailable, StaleEpochError, VersionConflict
+from livelearn.learners.snapshot import Binding, SnapshotCodec, stats_digest
 
 
 @dataclass(frozen=True, order=True)
@@ -68,6 +74,19 @@ class Checkpoint:
     updated_at: float
     size: int
     version: int
+    kid: str = ""  # the key id that signed the blob, as the store says (shown, not trusted)
+
+    def binding(self) -> Binding:
+        """What the snapshot must be signed as, by what the store says of it."""
+        return Binding(
+            self.shard.model,
+            self.shard.topic,
+            self.shard.partition,
+            self.next_offset,
+            self.epoch,
+            self.version,
+            stats_digest(self.stats),
+        )
 
 
 class CheckpointStore(Protocol):
@@ -78,9 +97,17 @@ class CheckpointStore(Protocol):
         ...
 
     def save(
-        self, shard: ShardId, epoch: int, blob: bytes, next_offset: int, stats: dict[str, Any]
+        self,
+        shard: ShardId,
+        epoch: int,
+        blob: bytes,
+        next_offset: int,
+        stats: dict[str, Any],
+        version: int,
+        kid: str = "",
     ) -> int:
-        """Write a checkpoint if ``epoch`` is still current; return its version."""
+        """Write a checkpoint if ``epoch`` is still current and ``version`` (signed in the
+        blob) is above the stored one; return ``version``."""
         ...
 
     def load(self, shard: ShardId) -> Checkpoint | None:
@@ -126,15 +153,21 @@ end
 
 
 # KEYS: epoch, shard hash, model shard set, model set
-# ARGV: epoch, blob, next_offset, stats, updated_at, member, model, channel, message prefix
+# ARGV: epoch, blob, next_offset, stats, updated_at, member, model, channel, message prefix,
+#       version, kid
 _SAVE_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
   return {-1, current or ''}
 end
+local stored = tonumber(redis.call('HGET', KEYS[2], 'version') or '0') or 0
+local version = tonumber(ARGV[10])
+if version <= stored then
+  return {-2, tostring(stored)}
+end
 redis.call('HSET', KEYS[2], 'blob', ARGV[2], 'next_offset', ARGV[3], 'epoch', ARGV[1],
-           'stats', ARGV[4], 'updated_at', ARGV[5], 'size', string.len(ARGV[2]))
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+           'stats', ARGV[4], 'updated_at', ARGV[5], 'size', string.len(ARGV[2]),
+           'version', ARGV[10], 'kid', ARGV[11])
 redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('SADD', KEYS[4], ARGV[7])
 redis.call('PUBLISH', ARGV[8], ARGV[9] .. ',"version":' .. version .. '}')
@@ -210,15 +243,26 @@ class RedisCheckpointStore:
         return None if raw is None else int(raw)
 
     def save(
-        self, shard: ShardId, epoch: int, blob: bytes, next_offset: int, stats: dict[str, Any]
+        self,
+        shard: ShardId,
+        epoch: int,
+        blob: bytes,
+        next_offset: int,
+        stats: dict[str, Any],
+        version: int,
+        kid: str = "",
     ) -> int:
-        """Write a checkpoint if ``epoch`` is still current; return its version.
+        """Write a checkpoint if ``epoch`` is still current and ``version`` is above the
+        stored one; return ``version``. ``blob`` is signed with that version, ``stats`` and
+        ``next_offset`` bound in it (`Checkpoint.binding`).
 
         Raises
         ------
         StaleEpochError
             When the store holds another epoch (``current``): a later claim, or none at
             all if Redis lost it.
+        VersionConflict
+            When the store holds this version or a later one (``stored``): nothing written.
         ServiceUnavailable
             When Redis does not answer; nothing was written.
         """
@@ -243,12 +287,43 @@ class RedisCheckpointStore:
                     shard.model,
                     self.channel(shard.model),
                     message,
+                    str(version),
+                    kid,
                 ],
             )
-        version, current = int(result[0]), result[1]
-        if version < 0:
+        written, current = int(result[0]), result[1]
+        if written == -2:
+            raise VersionConflict(str(shard), version, int(current))
+        if written < 0:
             raise StaleEpochError(str(shard), epoch, int(current) if current else None)
-        return version
+        return written
+
+    def write(
+        self,
+        codec: SnapshotCodec,
+        shard: ShardId,
+        epoch: int,
+        obj: object,
+        next_offset: int,
+        stats: dict[str, Any],
+        spec: str | None = None,
+    ) -> int:
+        """Sign ``obj`` as the shard's next version, bound to the checkpoint, and save it
+        (for tools, benches and tests; the worker tracks its versions itself). Returns the
+        version; raises as `save` does."""
+        raw = self._r.hget(self._shard_key(shard), "version")
+        version = int(raw or 0) + 1
+        binding = Binding(
+            shard.model,
+            shard.topic,
+            shard.partition,
+            next_offset,
+            epoch,
+            version,
+            stats_digest(stats),
+        )
+        blob = codec.encode(obj, binding, spec)
+        return self.save(shard, epoch, blob, next_offset, stats, version, codec.keys.active)
 
     def load(self, shard: ShardId) -> Checkpoint | None:
         """The shard's last checkpoint, if any."""
@@ -264,11 +339,12 @@ class RedisCheckpointStore:
             updated_at=float(raw[b"updated_at"]),
             size=int(raw[b"size"]),
             version=int(raw[b"version"]),
+            kid=raw.get(b"kid", b"").decode(errors="replace"),
         )
 
     def describe(self, shard: ShardId) -> dict[str, Any] | None:
         """The shard's checkpoint without its blob (nothing is unpickled)."""
-        fields = ["next_offset", "epoch", "stats", "updated_at", "size", "version"]
+        fields = ["next_offset", "epoch", "stats", "updated_at", "size", "version", "kid"]
         values: list[bytes | None] = self._r.hmget(self._shard_key(shard), fields)  # type: ignore[assignment]
         if values[0] is None:
             return None
@@ -280,6 +356,7 @@ class RedisCheckpointStore:
             "updated_at": float(row["updated_at"] or 0.0),
             "size": int(row["size"] or 0),
             "version": int(row["version"] or 0),
+            "kid": (row["kid"] or b"").decode(errors="replace"),
         }
 
     def versions(self, shards: list[ShardId]) -> list[int | None]:

@@ -1,7 +1,12 @@
 """Releases: numbered, signed freezes of a model's shards, and which one serving uses.
 
 A release copies every shard's signed snapshot with its offset and stats under one
-number and a manifest signed with the snapshot key. Serving follows the latest
+number and a manifest signed with the active snapshot key, its key id beside it. The
+manifest names its model and number, and each shard's next offset, epoch, version, stats
+digest and blob digest; every read checks the signature, that the manifest is the one
+asked for (model and number), and each blob against its digest, and a blob is loaded only
+bound to what its row says (`ReleaseShard.binding`). Each shard is verified when a release
+is made, so that a tampered checkpoint is never frozen. Serving follows the latest
 checkpoints unless the model is pinned to a release (``promote``); ``rollback`` pins
 the release before the current one and ``follow`` returns to the latest checkpoints.
 Each change is announced on the model's update channel. The newest ``keep`` releases
@@ -9,7 +14,7 @@ are kept, and a pinned one is never deleted.
 
 Keys, under the store's prefix::
 
-    {prefix}:release:{model}:{n}   hash: manifest, signature, blob:{topic}/{partition}
+    {prefix}:release:{model}:{n}   hash: manifest, signature, kid, blob:{topic}/{partition}
     {prefix}:releases:{model}      sorted set of release numbers
     {prefix}:release_seq:{model}   last number given
     {prefix}:pin:{model}           the pinned release number (absent: follow latest)
@@ -27,10 +32,14 @@ from typing import Any, Literal
 
 import redis
 
-from livelearn.errors import ReleaseError
+from livelearn.errors import ReleaseError, SnapshotError
+from livelearn.learners.snapshot import Binding, Keyring, SnapshotCodec, stats_digest
 from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 
 ReleaseSource = Literal["live", "replay"]
+
+# 2: signed with a key id, bound to model and number, each shard's binding in its row.
+_MANIFEST_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class ReleaseShard:
     next_offset: int
     stats: dict[str, Any]
     updated_at: float
+    # What the blob must be signed as; None for a release made before bindings (loaded
+    # only with security.accept_legacy_snapshots).
+    binding: Binding | None = None
 
 
 @dataclass(frozen=True)
@@ -82,15 +94,19 @@ class ReleaseStore:
         self,
         client: redis.Redis,
         checkpoints: RedisCheckpointStore,
-        key: bytes,
+        key: bytes | Keyring,
         prefix: str = "livelearn",
         keep: int = 10,
+        *,
+        accept_legacy: bool = False,
     ) -> None:
         if not key:
             raise ValueError("a signing key is required for releases")
         self._r = client
         self._checkpoints = checkpoints
-        self._key = key
+        self._keys = key if isinstance(key, Keyring) else Keyring.single(key)
+        self._codec = SnapshotCodec(self._keys, accept_legacy=accept_legacy)
+        self._legacy = accept_legacy
         self._prefix = prefix
         self._keep = keep
 
@@ -104,9 +120,6 @@ class ReleaseStore:
 
     def _pin_key(self, model: str) -> str:
         return f"{self._prefix}:pin:{model}"
-
-    def _sign(self, manifest: bytes) -> str:
-        return hmac.new(self._key, manifest, hashlib.sha256).hexdigest()
 
     # -- writing ----------------------------------------------------------------------
 
@@ -130,8 +143,14 @@ class ReleaseStore:
             shards = {s: c for s, c in loaded.items() if c is not None}
         if not shards:
             raise ReleaseError(f"model {model!r} has no checkpoints to release")
+        for s, c in shards.items():
+            try:
+                self._codec.header(c.blob, c.binding())
+            except SnapshotError as exc:
+                raise ReleaseError(f"model {model!r}: shard {s} not released: {exc}") from None
         number = int(self._r.incr(f"{self._prefix}:release_seq:{model}"))
         manifest = {
+            "format": _MANIFEST_FORMAT,
             "model": model,
             "number": number,
             "created_at": time.time(),
@@ -142,7 +161,10 @@ class ReleaseStore:
                     "topic": s.topic,
                     "partition": s.partition,
                     "next_offset": c.next_offset,
+                    "epoch": c.epoch,
+                    "version": c.version,
                     "stats": c.stats,
+                    "stats_sha256": stats_digest(c.stats),
                     "updated_at": c.updated_at,
                     "sha256": hashlib.sha256(c.blob).hexdigest(),
                 }
@@ -150,9 +172,11 @@ class ReleaseStore:
             ],
         }
         raw = json.dumps(manifest, sort_keys=True).encode()
+        kid, signature = self._keys.sign(raw)
         fields: dict[bytes | bytearray | memoryview | str | int | float, Any] = {
             "manifest": raw,
-            "signature": self._sign(raw),
+            "signature": signature,
+            "kid": kid,
         }
         for s, c in shards.items():
             fields[f"blob:{s.topic}/{s.partition}"] = c.blob
@@ -213,30 +237,81 @@ class ReleaseStore:
         raw = self._r.get(self._pin_key(model))
         return None if raw is None else int(raw)
 
+    def kid(self, model: str, number: int) -> str | None:
+        """The key id that signed release ``number``'s manifest, as the store says."""
+        raw = self._r.hget(self._release_key(model, number), "kid")
+        return None if raw is None else bytes(raw).decode(errors="replace")  # type: ignore[arg-type]
+
+    def _verified(self, raw: dict[bytes, bytes], model: str, number: int) -> dict[str, Any]:
+        """The manifest of a release hash, refused unless signed by an accepted key and
+        bound to ``model`` and ``number``."""
+        where = f"release {number} of {model!r}"
+        manifest_raw = raw.get(b"manifest", b"")
+        signature = raw.get(b"signature", b"").decode(errors="replace")
+        kid = raw.get(b"kid", b"").decode(errors="replace")
+        if kid:
+            ok = self._keys.verify(kid, manifest_raw, signature)
+        elif self._legacy:  # before key ids: signed with the one key there was
+            ok = any(self._keys.verify(k, manifest_raw, signature) for k in self._keys.ids)
+        else:
+            raise ReleaseError(
+                f"{where}: manifest from before key ids, refused; set "
+                "security.accept_legacy_snapshots: true to load it while migrating"
+            )
+        if not ok:
+            accepted = ", ".join(self._keys.ids)
+            raise ReleaseError(
+                f"{where}: manifest signature mismatch (key id {kid or 'none'!r}; accepted: "
+                f"{accepted})"
+            )
+        try:
+            manifest: dict[str, Any] = json.loads(manifest_raw)
+        except ValueError as exc:
+            raise ReleaseError(f"{where}: unreadable manifest: {exc}") from None
+        if manifest.get("model") != model or manifest.get("number") != number:
+            raise ReleaseError(
+                f"{where}: the manifest is release {manifest.get('number')!r} of "
+                f"{manifest.get('model')!r}, moved here"
+            )
+        return manifest
+
     def get(self, model: str, number: int) -> Release:
         """Release ``number``, its manifest verified (each blob is verified when loaded).
 
         Raises
         ------
         ReleaseError
-            When it does not exist, or its manifest or a blob was altered.
+            When it does not exist, its manifest is not signed by an accepted key or is not
+            this release's (another model or number), or a blob was altered or replaced.
         """
         raw: dict[bytes, bytes] = self._r.hgetall(self._release_key(model, number))  # type: ignore[assignment]
         if not raw:
             raise ReleaseError(f"model {model!r} has no release {number}")
-        manifest_raw = raw.get(b"manifest", b"")
-        signature = raw.get(b"signature", b"").decode()
-        if not hmac.compare_digest(self._sign(manifest_raw), signature):
-            raise ReleaseError(f"release {number} of {model!r}: manifest signature mismatch")
-        manifest = json.loads(manifest_raw)
+        manifest = self._verified(raw, model, number)
         shards: dict[ShardId, ReleaseShard] = {}
         for row in manifest["shards"]:
             shard = ShardId(model, row["topic"], int(row["partition"]))
             blob = raw.get(f"blob:{shard.topic}/{shard.partition}".encode(), b"")
-            if hashlib.sha256(blob).hexdigest() != row["sha256"]:
+            if not hmac.compare_digest(hashlib.sha256(blob).hexdigest(), row["sha256"]):
                 raise ReleaseError(f"release {number} of {model!r}: blob of {shard} was altered")
+            binding = None
+            if "version" in row:
+                binding = Binding(
+                    model,
+                    shard.topic,
+                    shard.partition,
+                    int(row["next_offset"]),
+                    int(row["epoch"]),
+                    int(row["version"]),
+                    row["stats_sha256"],
+                )
             shards[shard] = ReleaseShard(
-                shard, blob, int(row["next_offset"]), row["stats"], float(row["updated_at"])
+                shard,
+                blob,
+                int(row["next_offset"]),
+                row["stats"],
+                float(row["updated_at"]),
+                binding,
             )
         return Release(
             model,

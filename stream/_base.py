@@ -16,7 +16,8 @@ from kafka import TopicPartition
 from livelearn.errors import ServiceUnavailable
 from livelearn.learners import ModelSpec, Sanitizer, SnapshotCodec
 from livelearn.settings import Settings
-from livelearn.store.checkpoints import CheckpointStore
+from livelearn.store.checkpoints import CheckpointStore, ShardId
+from livelearn.stream._ledger import KafkaLedger
 from livelearn.stream._shard import Consumer, Partition, Shard, ShardProgress
 from livelearn.stream.decode import EventDecoder
 from livelearn.stream.dlq import DeadLetterSink
@@ -58,6 +59,8 @@ class WorkerState:
     _last_loop: float
     _last_poll_ok: float
     _dead_letters_pending: bool
+    _ledger: KafkaLedger | None
+    _versions_seen: dict[ShardId, int]
 
     def _hold(self, part: Partition, shard: Shard, offset: int) -> None:
         """Stop learning ``shard``; it stays held at ``offset`` (reported by /readyz)."""

@@ -12,11 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from livelearn.errors import DeadLetterError, ServiceUnavailable, StaleEpochError
+from livelearn.errors import (
+    DeadLetterError,
+    ServiceUnavailable,
+    StaleEpochError,
+    VersionConflict,
+)
+from livelearn.learners import Binding, stats_digest
 from livelearn.stream._reporting import Reporting
 from livelearn.stream._shard import Partition, Shard, Trigger
 
@@ -71,9 +78,8 @@ class Checkpointing(Reporting):
                 return False
         started = time.perf_counter()
         stats = shard.learner.stats()  # first: it trims the rolling windows the blob holds
-        blob = self._codec.encode(shard.learner)
         try:
-            version = self._store.save(shard.id, shard.epoch, blob, shard.next_offset, stats)
+            blob, version = self._save(shard, stats)
         except ServiceUnavailable as exc:
             self._store_failed(exc)
             return False
@@ -89,16 +95,62 @@ class Checkpointing(Reporting):
                     extra={"fields": {"shard": str(shard.id)}},
                 )
             return False
+        except VersionConflict as exc:  # the stored version moved under this owner's epoch
+            self._store_answered()
+            log.error(
+                "checkpoint refused, shard held at its last checkpoint: %s",
+                exc,
+                extra={"fields": {"shard": str(shard.id)}},
+            )
+            if any(s is shard for s in part.shards):
+                self._hold(part, shard, shard.checkpointed_offset)
+            return False
         self._store_answered()
         elapsed = time.perf_counter() - started
         shard.base_blob = blob
         shard.since_base.clear()
         shard.checkpointed_offset = shard.next_offset
         shard.based_on = (shard.epoch, version)
+        shard.version = version
+        self._versions_seen[shard.id] = version
+        part.floors[shard.id.model] = (version, shard.next_offset)
         shard.pending = 0
         shard.last_checkpoint = time.monotonic()
         self._report_checkpoint(part, shard, trigger, len(blob), stats, elapsed)
         return True
+
+    def _save(self, shard: Shard, stats: dict[str, Any]) -> tuple[bytes, int]:
+        """Sign ``shard``'s state as its next version, bound to what the checkpoint says,
+        and write it; the blob and its version. A store that holds a later version (a
+        `livelearn models reset` keeps the count) is answered with one above it."""
+        version = shard.version + 1
+        for _ in range(2):
+            binding = Binding(
+                shard.id.model,
+                shard.id.topic,
+                shard.id.partition,
+                shard.next_offset,
+                shard.epoch,
+                version,
+                stats_digest(stats),
+            )
+            blob = self._codec.encode(shard.learner, binding, shard.fingerprint)
+            try:
+                self._store.save(
+                    shard.id,
+                    shard.epoch,
+                    blob,
+                    shard.next_offset,
+                    stats,
+                    version,
+                    self._codec.keys.active,
+                )
+            except VersionConflict as exc:
+                log.warning("%s; signing version %d", exc, exc.stored + 1)
+                version = exc.stored + 1
+                continue
+            return blob, version
+        raise VersionConflict(str(shard.id), version, version)  # moved twice: held
 
     def _save_pending(self) -> None:
         """Checkpoint every live shard with pending events, and commit after."""
@@ -142,7 +194,10 @@ class Checkpointing(Reporting):
         for part in parts:
             offset = part.commit_offset()
             if offset is not None:
-                offsets[part.tp] = OffsetAndMetadata(offset, "", -1)
+                record = (
+                    "" if self._ledger is None else self._ledger.codec.record(part.tp, part.floors)
+                )
+                offsets[part.tp] = OffsetAndMetadata(offset, record, -1)
         if not offsets:
             return
         try:

@@ -14,7 +14,7 @@ import time
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from livelearn.errors import ServiceUnavailable, SnapshotError
+from livelearn.errors import ServiceUnavailable, SnapshotError, SnapshotRefused
 from livelearn.learners import (
     Learner,
     ModelSpec,
@@ -23,6 +23,7 @@ from livelearn.learners import (
     spec_changes,
     spec_fingerprint,
 )
+from livelearn.learners.snapshot import LEGACY_FORMAT
 from livelearn.store.checkpoints import Checkpoint, ShardId
 from livelearn.stream._checkpointing import Checkpointing
 from livelearn.stream._shard import Partition, Shard, names
@@ -105,6 +106,11 @@ class Claims(Checkpointing):
                 return None
             kept = {shard.id: shard for shard in old.shards}
         part = Partition(tp, self._decoders[tp.topic], [])
+        if self._ledger is not None:  # a KafkaError here is retried like an offset lookup
+            part.floors = self._ledger.floors(tp)
+        if tp in self._released:
+            for model, floor in self._released[tp][0].floors.items():
+                part.floors[model] = max(floor, part.floors.get(model, floor))
         for spec in self._specs_by_topic.get(tp.topic, []):
             self._restore(part, spec, kept.get(ShardId(spec.name, tp.topic, tp.partition)))
         self._store_answered()
@@ -123,6 +129,7 @@ class Claims(Checkpointing):
         stamp = None if checkpoint is None else (checkpoint.epoch, checkpoint.version)
         if previous is not None and not previous.pending and previous.based_on == stamp:
             previous.epoch = epoch
+            previous.version = max(previous.version, part.floors.get(spec.name, (0, 0))[0])
             part.shards.append(previous)
             log.info(
                 "shard kept",
@@ -135,13 +142,29 @@ class Claims(Checkpointing):
                 },
             )
             return
+        floor = part.floors.get(spec.name, (0, 0))
+        version = max(floor[0], self._versions_seen.get(shard_id, 0))
         if checkpoint is None:
+            if version:
+                log.warning(
+                    "shard %s has no checkpoint, but version %d of it was checkpointed (Kafka's "
+                    "committed record, or this worker): it starts afresh as after `livelearn "
+                    "models reset`; if nobody reset it, its checkpoint was deleted",
+                    shard_id,
+                    version,
+                    extra={"fields": {"shard": str(shard_id), "version": version}},
+                )
             learner, next_offset = Learner(spec), -1  # placed by `_start_new_shards`
             base_blob = self._codec.encode(learner)
         else:
             base_blob = checkpoint.blob
             try:
-                learner = load_learner(self._codec, checkpoint.blob)
+                learner = load_learner(
+                    self._codec,
+                    checkpoint.blob,
+                    checkpoint.binding(),
+                    lambda _: self._check_not_rolled_back(checkpoint, floor),
+                )
             except SnapshotError as exc:
                 self._metrics.snapshots_refused.labels(spec.name).inc()
                 log.error(
@@ -149,8 +172,10 @@ class Claims(Checkpointing):
                     exc,
                     extra={"fields": {"shard": str(shard_id), "version": checkpoint.version}},
                 )
-                part.held[shard_id] = checkpoint.next_offset
+                part.held[shard_id] = floor[1] or checkpoint.next_offset
                 return
+            version = max(version, checkpoint.version)
+            self._versions_seen[shard_id] = version
             if spec_fingerprint(learner.spec) != spec_fingerprint(spec):
                 self._refuse_changed_spec(part, shard_id, learner.spec, spec, checkpoint)
                 return
@@ -170,8 +195,16 @@ class Claims(Checkpointing):
                 reported_learned=stats["events_learned"],
                 reported_scored=learner.events_only_scored,
                 reported_drift=stats["drift_detections"],
+                version=version,
             )
         )
+        if checkpoint is not None and checkpoint.blob[len(b"LLSNAP")] == LEGACY_FORMAT:
+            part.shards[-1].pending = max(part.shards[-1].pending, 1)  # rewritten in format 2
+            log.warning(
+                "format-1 snapshot loaded (security.accept_legacy_snapshots): it is written "
+                "again, signed and bound, at the shard's next checkpoint",
+                extra={"fields": {"shard": str(shard_id)}},
+            )
         if checkpoint is not None:
             log.info(
                 "shard restored",
@@ -179,6 +212,39 @@ class Claims(Checkpointing):
                     "fields": {"shard": str(shard_id), "epoch": epoch, "next_offset": next_offset}
                 },
             )
+
+    def _check_not_rolled_back(self, checkpoint: Checkpoint, floor: tuple[int, int]) -> None:
+        """Refuse a checkpoint older than one known to have been written: Kafka's committed
+        record of the shard (``floor``) or a version this process has seen. With
+        ``security.accept_rollback`` it is only logged.
+
+        Raises
+        ------
+        SnapshotRefused
+            The checkpoint is older (its version or its next offset).
+
+        """
+        seen = self._versions_seen.get(checkpoint.shard, 0)
+        newest = max(floor[0], seen)
+        if checkpoint.version >= newest and checkpoint.next_offset >= floor[1]:
+            return
+        problem = (
+            f"rolled back: the store holds version {checkpoint.version} up to offset "
+            f"{checkpoint.next_offset}, but version {newest} up to offset {floor[1]} was "
+            f"checkpointed ({'Kafka' if floor[0] >= seen else 'this worker'})"
+        )
+        if self._settings.security.accept_rollback:
+            log.warning(
+                "%s; accepted (security.accept_rollback): its events are learned again",
+                problem,
+                extra={"fields": {"shard": str(checkpoint.shard)}},
+            )
+            return
+        raise SnapshotRefused(
+            f"{problem}; restore the newer checkpoint (or a release), or set "
+            "security.accept_rollback: true for one start if Redis was restored from an "
+            "older backup on purpose"
+        )
 
     def _start_new_shards(self, part: Partition) -> list[Shard]:
         """Place each new shard (no checkpoint) where its spec's ``start`` says: the

@@ -539,7 +539,10 @@ class ConfluentConsumer:
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         if not offsets:
             return
-        rd = [RdTopicPartition(tp.topic, tp.partition, o.offset) for tp, o in offsets.items()]
+        rd = [
+            RdTopicPartition(tp.topic, tp.partition, o.offset, metadata=o.metadata)
+            for tp, o in offsets.items()
+        ]
         try:
             self._consumer.commit(offsets=rd, asynchronous=True)
         except KafkaException as exc:  # no coordinator yet, a rebalance: the next one lands

@@ -16,7 +16,7 @@ from kafka.errors import KafkaConnectionError
 from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp
 
 from livelearn.errors import ServiceUnavailable
-from livelearn.learners import Learner, ModelSpec, Sanitizer, Task
+from livelearn.learners import Learner, ModelSpec, Sanitizer, Task, spec_fingerprint
 from livelearn.store.checkpoints import ShardId
 from livelearn.stream.decode import EventDecoder
 from livelearn.stream.fetcher import KafkaRecord
@@ -80,6 +80,9 @@ class Shard:
     # there is none. A shard assigned back to this worker keeps its learner when the store
     # still holds exactly that checkpoint and nothing is pending (`Worker._restore`).
     based_on: tuple[int, int] | None = None
+    # The highest checkpoint version known for the shard (restored, written, or in Kafka's
+    # committed record): the next checkpoint is signed as this plus one.
+    version: int = 0
     pending: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     reported_learned: int = 0
@@ -96,9 +99,11 @@ class Shard:
     reported_alarms: dict[str, int] = field(init=False)
     task: Task = field(init=False)
     every_events: int = field(init=False)
+    fingerprint: str = field(init=False)  # of the spec, signed into each checkpoint
 
     def __post_init__(self) -> None:
         self.use(self.learner)
+        self.fingerprint = spec_fingerprint(self.spec)
         self.sanitize = self.sanitizer.apply if self.spec.sanitize else None
         self.label_field = self.spec.label
         self.delayed = self.spec.delayed_labels is not None
@@ -128,6 +133,10 @@ class Partition:
     # the monotonic time it was seen. Re-claimed if the group still assigns the partition
     # here once it has had the time to revoke it (`Worker._reclaim_fenced`).
     fenced: dict[ShardId, float] = field(default_factory=dict)
+    # Each model's (version, next offset) at its last checkpoint known here, from Kafka's
+    # committed record and this worker's checkpoints: committed with the offsets, signed
+    # (stream/_ledger.py), so that a rolled-back checkpoint is refused.
+    floors: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def commit_offset(self) -> int | None:
         """The offset every shard of this partition has checkpointed: Kafka's committed

@@ -20,11 +20,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from livelearn.errors import ConfigError, ServiceUnavailable
-from livelearn.learners import SnapshotCodec
 from livelearn.settings import Settings, TopicSettings, server_list
 from livelearn.store.checkpoints import RedisCheckpointStore
 from livelearn.store.connection import redis_client
 from livelearn.stream._confluent import ConfluentConsumer, librdkafka_config
+from livelearn.stream._ledger import KafkaLedger, LedgerCodec
 from livelearn.stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
 from livelearn.stream.fetcher import KafkaRecord, LocalConsumer, ProcessConsumer
 from livelearn.stream.health import HealthServer
@@ -209,7 +209,7 @@ def build_worker(
         Kafka does not answer. (Redis is waited for by the worker loop.)
     """
     bootstrap, _ = settings.require_services()
-    codec = SnapshotCodec(settings.require_secret("snapshot_key"))
+    codec = settings.snapshot_codec()
     hash_key = settings.require_secret("hash_key")
     if not settings.models:
         from livelearn.errors import ConfigError
@@ -292,6 +292,15 @@ def build_worker(
         on_progress=on_progress,
         on_batch=on_batch,
         consumer_factory=make_consumer,
+        ledger=KafkaLedger(
+            LedgerCodec(codec.keys, k.group_id),
+            k.group_id,
+            {
+                "bootstrap_servers": server_list(bootstrap),
+                "client_id": f"{k.client_id}-ledger",
+                "request_timeout_ms": 10_000,
+            },
+        ),
     )
     http = None
     if serve_http:

@@ -209,7 +209,7 @@ _ToChild: TypeAlias = (
     | tuple[Literal["subscribe"], list[str]]
     | tuple[Literal["seek"], str, int, int]
     | tuple[Literal["seek_to_beginning", "seek_to_end", "pause", "resume"], _Pairs]
-    | tuple[Literal["commit"], list[tuple[str, int, int]]]
+    | tuple[Literal["commit"], list[tuple[str, int, int, str]]]
     | tuple[Literal["done"]]
     | tuple[Literal["close"]]
 )
@@ -349,7 +349,12 @@ class ProcessConsumer:
         return self._lookup
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        self._send(("commit", [(tp.topic, tp.partition, o.offset) for tp, o in offsets.items()]))
+        self._send(
+            (
+                "commit",
+                [(tp.topic, tp.partition, o.offset, o.metadata) for tp, o in offsets.items()],
+            )
+        )
 
     def commit_async(
         self,
@@ -610,7 +615,9 @@ class _Child(ConsumerRebalanceListener):  # type: ignore[misc]
         elif message[0] == "resume":
             self._apply(c.resume, message[1])
         elif message[0] == "commit":
-            offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for t, p, o in message[1]}
+            offsets = {
+                TopicPartition(t, p): OffsetAndMetadata(o, m, -1) for t, p, o, m in message[1]
+            }
             try:
                 # Inside a rebalance callback (kafka-python's IO thread) only async commits
                 # are allowed; elsewhere too, as commits are for lag monitoring only.

@@ -33,6 +33,7 @@ from livelearn.settings import Settings
 from livelearn.store.checkpoints import CheckpointStore, ShardId
 from livelearn.stream._claims import Claims
 from livelearn.stream._events import EventPath
+from livelearn.stream._ledger import KafkaLedger
 from livelearn.stream._reporting import summarize
 from livelearn.stream._shard import (
     NO_CONSUMER,
@@ -79,6 +80,7 @@ class Worker(EventPath, Claims):
         on_progress: Callable[[list[ShardProgress], float], None] | None = None,
         on_batch: Callable[[Partition, list[KafkaRecord]], None] | None = None,
         consumer_factory: Callable[[], Consumer] | None = None,
+        ledger: KafkaLedger | None = None,
     ) -> None:
         if not settings.models:
             raise ValueError("no models configured: add at least one entry under 'models'")
@@ -133,6 +135,11 @@ class Worker(EventPath, Claims):
         self._last_loop = time.monotonic()
         self._last_poll_ok = 0.0
         self._dead_letters_pending = False
+        # Kafka's signed record of each shard's last checkpoint (None: no such check, as in
+        # a replay), and the highest version this process has seen of each shard: neither
+        # lets an older checkpoint be restored (README, "Security").
+        self._ledger = ledger
+        self._versions_seen: dict[ShardId, int] = {}
 
     # -- public surface ---------------------------------------------------------------
 
@@ -418,6 +425,8 @@ class Worker(EventPath, Claims):
             self._released.clear()
             self._pending.clear()
             self._consumer.close()
+            if self._ledger is not None:
+                self._ledger.close()
             log.info("worker stopped")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp
 
-from livelearn.errors import StaleEpochError
+from livelearn.errors import StaleEpochError, VersionConflict
 from livelearn.store.checkpoints import Checkpoint, ShardId
 from livelearn.stream.dlq import DeadLetterSink
 from livelearn.stream.fetcher import KafkaRecord
@@ -147,14 +147,22 @@ class MemoryStore:
         return self._epochs[shard], self.rows.get(shard)
 
     def save(
-        self, shard: ShardId, epoch: int, blob: bytes, next_offset: int, stats: dict[str, Any]
+        self,
+        shard: ShardId,
+        epoch: int,
+        blob: bytes,
+        next_offset: int,
+        stats: dict[str, Any],
+        version: int,
+        kid: str = "",
     ) -> int:
         if self._epochs.get(shard) != epoch:
             raise StaleEpochError(str(shard), epoch, self._epochs.get(shard))
         old = self.rows.get(shard)
-        version = old.version + 1 if old is not None else 1
+        if old is not None and version <= old.version:
+            raise VersionConflict(str(shard), version, old.version)
         self.rows[shard] = Checkpoint(
-            shard, blob, next_offset, epoch, stats, time.time(), len(blob), version
+            shard, blob, next_offset, epoch, stats, time.time(), len(blob), version, kid
         )
         return version
 

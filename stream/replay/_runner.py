@@ -229,5 +229,5 @@ def _offsets(offsets: Mapping[TopicPartition, int]) -> str:
 def _learned_with(states: Iterable[Checkpoint], codec: SnapshotCodec) -> ModelSpec | None:
     """The spec the first of ``states`` learned with, or None when there is none."""
     for state in states:
-        return load_learner(codec, state.blob).spec
+        return load_learner(codec, state.blob, state.binding()).spec
     return None

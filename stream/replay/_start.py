@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Literal
 
 from livelearn.errors import ConfigError
-from livelearn.learners import ModelSpec, SnapshotCodec, load_learner
+from livelearn.learners import Binding, ModelSpec, SnapshotCodec, load_learner, spec_fingerprint
 from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 from livelearn.store.releases import ReleaseStore
 from livelearn.stream.replay._range import ReplayRange
@@ -59,12 +60,14 @@ def initial_state(
             if row is None:
                 continue
             blob, stats, next_offset = row.blob, row.stats, row.next_offset
+            source: Binding | None = row.binding()
         else:
             assert releases is not None
             shard = releases.get(spec.name, int(start)).shards.get(live_id)
             if shard is None:
                 continue
             blob, stats, next_offset = shard.blob, shard.stats, shard.next_offset
+            source = shard.binding
         if next_offset < first:
             log.warning(
                 "the range starts after where the start state stopped: events in between "
@@ -79,18 +82,25 @@ def initial_state(
             )
         shard_id = ShardId(name, tp.topic, tp.partition)
         found[shard_id] = fresh_metrics(
-            codec, Checkpoint(shard_id, blob, max(first, next_offset), 0, stats, 0.0, 0, 0)
+            codec,
+            Checkpoint(shard_id, blob, max(first, next_offset), 0, stats, 0.0, 0, 0),
+            source,
         )
     if start == "live" and not found:
         raise ConfigError(f"--start live: model {spec.name!r} has no live checkpoint to start from")
     return found
 
 
-def fresh_metrics(codec: SnapshotCodec, state: Checkpoint) -> Checkpoint:
-    """``state`` with its learner's metrics started afresh (model, counts, drift kept)."""
-    learner = load_learner(codec, state.blob)
+def fresh_metrics(
+    codec: SnapshotCodec, state: Checkpoint, source: Binding | None = None
+) -> Checkpoint:
+    """``state`` with its learner's metrics started afresh (model, counts, drift kept).
+
+    The blob is verified as bound to ``source`` (default: ``state`` itself; the live
+    checkpoint or release shard it was read from), and signed again bound to the new state.
+    """
+    learner = load_learner(codec, state.blob, source or state.binding())
     learner.reset_metrics()
-    blob = codec.encode(learner)
-    return Checkpoint(
-        state.shard, blob, state.next_offset, 0, state.stats, time.time(), len(blob), 0
-    )
+    fresh = Checkpoint(state.shard, b"", state.next_offset, 0, state.stats, time.time(), 0, 0)
+    blob = codec.encode(learner, fresh.binding(), spec_fingerprint(learner.spec))
+    return dataclasses.replace(fresh, blob=blob, size=len(blob), kid=codec.keys.active)

@@ -36,7 +36,7 @@ def seed_model(dep: Deployment, n: int) -> list[dict[str, Any]]:
     for offset, e in enumerate(events):
         learner.process(e["features"], e["label"], offset)
     epoch, _ = dep.store.claim(dep.shard())
-    dep.store.save(dep.shard(), epoch, dep.codec.encode(learner), n, learner.stats())
+    dep.store.write(dep.codec, dep.shard(), epoch, learner, n, learner.stats())
     return events
 
 

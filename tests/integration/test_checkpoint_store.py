@@ -8,7 +8,7 @@ import socket
 import pytest
 import redis
 
-from livelearn import ServiceUnavailable, StaleEpochError
+from livelearn import ServiceUnavailable, StaleEpochError, VersionConflict
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 
 pytestmark = pytest.mark.integration
@@ -22,14 +22,14 @@ def store(redis_client: redis.Redis, unique_name: str) -> RedisCheckpointStore:
 def test_a_stale_epoch_cannot_overwrite_the_new_owners_checkpoint(store) -> None:
     shard = ShardId("m", "t", 0)
     old_epoch, _ = store.claim(shard)
-    store.save(shard, old_epoch, b"zombie-1", 10, {"events_learned": 10})
+    store.save(shard, old_epoch, b"zombie-1", 10, {"events_learned": 10}, 1)
     new_epoch, checkpoint = store.claim(shard)  # a rebalance gives the shard to a new owner
     assert new_epoch > old_epoch
     assert checkpoint is not None and checkpoint.blob == b"zombie-1"
-    store.save(shard, new_epoch, b"owner-1", 20, {"events_learned": 20})
+    store.save(shard, new_epoch, b"owner-1", 20, {"events_learned": 20}, 2)
 
     with pytest.raises(StaleEpochError) as info:
-        store.save(shard, old_epoch, b"zombie-2", 30, {"events_learned": 30})
+        store.save(shard, old_epoch, b"zombie-2", 30, {"events_learned": 30}, 3)
     assert info.value.held == old_epoch and info.value.current == new_epoch
 
     after = store.load(shard)
@@ -46,7 +46,7 @@ def test_an_epoch_is_never_handed_out_twice_even_after_redis_lost_it(
     assert epochs == sorted(set(epochs))
     redis_client.delete(f"{unique_name}:epoch:m:t:0")  # a restart without its data
     with pytest.raises(StaleEpochError) as info:
-        store.save(shard, epochs[-1], b"x", 1, {})
+        store.save(shard, epochs[-1], b"x", 1, {}, 1)
     assert info.value.current is None  # lost: not taken by someone else
     assert store.claim(shard)[0] > epochs[-1]
 
@@ -72,7 +72,7 @@ def test_a_redis_that_does_not_answer_raises_service_unavailable() -> None:
     shard = ShardId("m", "t", 0)
     calls = [
         lambda: store.claim(shard),
-        lambda: store.save(shard, 1, b"x", 1, {}),
+        lambda: store.save(shard, 1, b"x", 1, {}, 1),
         lambda: store.epochs([shard]),
         lambda: store.epochs([]),
         lambda: store.reclaim(shard, None),
@@ -85,7 +85,7 @@ def test_a_redis_that_does_not_answer_raises_service_unavailable() -> None:
 
 def test_an_unclaimed_shard_refuses_writes(store) -> None:
     with pytest.raises(StaleEpochError):
-        store.save(ShardId("m", "t", 1), 1, b"x", 1, {})
+        store.save(ShardId("m", "t", 1), 1, b"x", 1, {}, 1)
     assert store.load(ShardId("m", "t", 1)) is None
 
 
@@ -95,8 +95,8 @@ def test_save_announces_the_version_and_lists_the_shard(store, redis_client) -> 
     pubsub.subscribe(store.channel("m"))
     assert pubsub.get_message(timeout=2)["type"] == "subscribe"
     epoch, _ = store.claim(shard)
-    assert store.save(shard, epoch, b"a", 5, {}) == 1
-    assert store.save(shard, epoch, b"bb", 7, {}) == 2
+    assert store.save(shard, epoch, b"a", 5, {}, 1, "k1") == 1
+    assert store.save(shard, epoch, b"bb", 7, {}, 2, "k1") == 2
     messages = [pubsub.get_message(timeout=2) for _ in range(2)]
     payloads = [json.loads(m["data"]) for m in messages if m]
     assert payloads == [
@@ -107,4 +107,16 @@ def test_save_announces_the_version_and_lists_the_shard(store, redis_client) -> 
     assert store.models() == ["m"]
     assert store.shards("m") == [shard]
     row = store.describe(shard)
-    assert row is not None and row["size"] == 2 and row["version"] == 2
+    assert row is not None and row["size"] == 2 and row["version"] == 2 and row["kid"] == "k1"
+
+
+def test_a_version_not_above_the_stored_one_is_refused_and_nothing_written(store) -> None:
+    shard = ShardId("m", "t", 0)
+    epoch, _ = store.claim(shard)
+    assert store.save(shard, epoch, b"v5", 50, {}, 5) == 5
+    for version in (5, 4):
+        with pytest.raises(VersionConflict) as info:
+            store.save(shard, epoch, b"older", 10, {}, version)
+        assert (info.value.version, info.value.stored) == (version, 5)
+    after = store.load(shard)
+    assert after is not None and (after.blob, after.next_offset, after.version) == (b"v5", 50, 5)

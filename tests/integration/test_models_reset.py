@@ -11,6 +11,7 @@ import yaml
 
 from livelearn import StaleEpochError
 from livelearn.cli.main import main
+from livelearn.learners import SnapshotCodec
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from livelearn.store.releases import ReleaseStore
 
@@ -22,10 +23,13 @@ def store(redis_client: redis.Redis, unique_name: str) -> RedisCheckpointStore:
     return RedisCheckpointStore(redis_client, prefix=unique_name)
 
 
+KEY = b"release-key-0000000000"
+
+
 def _checkpoint(store: RedisCheckpointStore, shard: ShardId, saves: int = 1) -> int:
     epoch, _ = store.claim(shard)
     for i in range(saves):
-        store.save(shard, epoch, b"blob-%d" % i, 10 * (i + 1), {"events_learned": i})
+        store.write(SnapshotCodec(KEY), shard, epoch, [i], 10 * (i + 1), {"events_learned": i})
     return epoch
 
 
@@ -50,10 +54,10 @@ def test_delete_model_removes_its_checkpoints_and_fences_its_owners(store, redis
     # An owner from before the reset can write nothing, and no epoch is handed out twice.
     for shard, epoch in [*epochs.items(), (claimed_only, unsaved_epoch)]:
         with pytest.raises(StaleEpochError):
-            store.save(shard, epoch, b"zombie", 99, {})
+            store.save(shard, epoch, b"zombie", 99, {}, 9)
         new_epoch, checkpoint = store.claim(shard)
         assert checkpoint is None and new_epoch > epoch
-        assert store.save(shard, new_epoch, b"fresh", 1, {}) == 1  # versions start again
+        assert store.save(shard, new_epoch, b"fresh", 1, {}, 1) == 1  # versions start again
     assert store.delete_model("absent") == []
 
 
@@ -69,7 +73,7 @@ def test_models_reset_asks_for_yes_deletes_and_keeps_releases(
     shards = [ShardId("m", "t", 0), ShardId("m", "t", 1)]
     for shard in shards:
         _checkpoint(store, shard)
-    releases = ReleaseStore(redis_client, store, b"release-key-0000000000", unique_name)
+    releases = ReleaseStore(redis_client, store, KEY, unique_name)
     assert releases.create("m") == 1
     config = tmp_path / "livelearn.yaml"
     config.write_text(yaml.safe_dump({"redis": {"key_prefix": unique_name}}))

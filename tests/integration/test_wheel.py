@@ -53,7 +53,7 @@ store = RedisCheckpointStore(connect_redis(live), live.redis.key_prefix)
 shard = ShardId(model.name, model.topics[0], 0)
 epoch, _ = store.claim(shard)
 codec = SnapshotCodec(os.environ["SNAPSHOT_KEY"].encode())
-store.save(shard, epoch, codec.encode(learner), learner.events_learned, learner.stats())
+store.write(codec, shard, epoch, learner, learner.events_learned, learner.stats())
 
 with Lookup(live) as lookup:
     lookup.start()

@@ -179,6 +179,17 @@ def test_elsewhere_serve_refuses_naming_the_settings_and_the_local_keys(
     assert json.loads((stack_dir / devkeys.FILE_NAME).read_text()) == demo_keys
 
 
+def test_keys_by_key_id_are_a_configured_snapshot_key(stack_dir: Path) -> None:
+    configured = _settings(
+        redis={"url": OTHER_REDIS},
+        security={"snapshot_keys": {"k2": "k" * 32}},
+        serving={"tokens": ["t" * 32]},
+    )
+    settings = devkeys.use_local(configured, stack_dir, SERVE_NEEDS, start=False)
+    assert settings == configured
+    assert settings.require_keyring().ids == ["k2"]
+
+
 def test_a_damaged_keys_file_is_named_not_shown(stack_dir: Path) -> None:
     stack_dir.mkdir()
     (stack_dir / devkeys.FILE_NAME).write_text(json.dumps({TOKENS_ENV: "s3cret-not-json"}))

@@ -80,10 +80,11 @@ def test_round_trip_of_a_custom_class(make_codec: MakeCodec) -> None:
 def test_layout(make_codec: MakeCodec) -> None:
     blob = make_codec().encode({"x": 1})
     assert blob.startswith(b"LLSNAP")
-    assert blob[6] == SNAPSHOT_FORMAT == 1
+    assert blob[6] == SNAPSHOT_FORMAT == 2
     (header_len,) = struct.unpack(">I", blob[7:11])
     header = json.loads(blob[11 : 11 + header_len])
-    assert header["format"] == 1
+    assert header["format"] == 2
+    assert header["kid"] == "default"
     assert blob[-32:] == hmac.new(KEY, blob[:-32], hashlib.sha256).digest()
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from kafka import TopicPartition
 
-from livelearn import ServiceUnavailable, StaleEpochError
+from livelearn import ServiceUnavailable, StaleEpochError, VersionConflict
 from livelearn.learners import SnapshotCodec
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import Checkpoint, ShardId
@@ -62,13 +62,15 @@ class FakeStore:
         self._answer()
         return [self.claimed.get(shard) for shard in shards]
 
-    def save(self, shard, epoch, blob, next_offset, stats) -> int:
+    def save(self, shard, epoch, blob, next_offset, stats, version, kid="") -> int:
         self._answer()
         if self.claimed.get(shard) != epoch:
             raise StaleEpochError(str(shard), epoch, self.claimed.get(shard))
-        version = self.rows[shard].version + 1 if shard in self.rows else 1
+        stored = self.rows[shard].version if shard in self.rows else 0
+        if version <= stored:  # as the Lua script
+            raise VersionConflict(str(shard), version, stored)
         self.rows[shard] = Checkpoint(
-            shard, blob, next_offset, epoch, stats, 0.0, len(blob), version
+            shard, blob, next_offset, epoch, stats, 0.0, len(blob), version, kid
         )
         self.saves.append((shard, next_offset))
         return version

@@ -176,15 +176,15 @@ class KillableStore(FakeStore):
         self.dead = False
         self.kill_at_save: tuple[int, bool] | None = None
 
-    def save(self, shard, epoch, blob, next_offset, stats) -> int:
+    def save(self, *args) -> int:
         if self.dead:
             raise Killed
         if self.kill_at_save is not None and len(self.saves) == self.kill_at_save[0]:
             self.dead = True
             if self.kill_at_save[1]:
-                super().save(shard, epoch, blob, next_offset, stats)
+                super().save(*args)
             raise Killed
-        return super().save(shard, epoch, blob, next_offset, stats)
+        return super().save(*args)
 
 
 class KillableDlq(FakeDlq):
