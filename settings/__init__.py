@@ -60,9 +60,9 @@ def server_list(bootstrap_servers: str) -> list[str]:
 
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = None
-    # Which consumer the worker runs. The default is to be chosen by measurement
-    # (bench/bench_consume.py, bench/bench_worker.py).
-    client: KafkaClient = "kafka-python"
+    # Which client the worker runs: librdkafka's, which measured faster end to end
+    # (bench/bench_worker.py), or kafka-python's, pure Python, fully supported and tested.
+    client: KafkaClient = "confluent"
     group_id: str = "livelearn"
     client_id: str = "livelearn-worker"
     auto_offset_reset: AutoOffsetReset = "earliest"

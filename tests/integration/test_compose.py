@@ -170,6 +170,8 @@ def compose_stack(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Compo
         KAFKA_HOST_PORT=str(stack.kafka_port),
         API_HOST_PORT=str(stack.api_port),
         PROMETHEUS_HOST_PORT=str(stack.prometheus_port),
+        # The first worker on the pure-Python client, the second on the default (librdkafka).
+        LIVELEARN_KAFKA__CLIENT="kafka-python",
     )
     try:
         stack.compose("up", "--detach", "--build", "--quiet-build", "--wait",
