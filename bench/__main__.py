@@ -2,7 +2,7 @@
 
 ``python -m bench`` runs every benchmark in one process, one after the other, each with
 its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
-worker, replay, lookup and api, with its own arguments; e.g.
+worker, replay, lookup, api and monitor, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import bench_api, bench_consume, bench_lookup, bench_replay, bench_worker
+from bench import bench_api, bench_consume, bench_lookup, bench_monitor, bench_replay, bench_worker
 
 
 def _without_args(name: str, run: Callable[[], None]) -> Callable[[Sequence[str]], None]:
@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "replay": _without_args("replay", bench_replay.main),
     "lookup": _parsing_argv("lookup", bench_lookup.main),
     "api": _parsing_argv("api", bench_api.main),
+    "monitor": bench_monitor.main,
 }
 
 

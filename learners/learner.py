@@ -97,6 +97,7 @@ class Learner:
         )
         self._detector: Any = spec.build_drift()
         self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
+        self._drift_errors = _error_window(self._detector)
         self._select = spec if spec.include is not None or spec.exclude else None
         monitor = getattr(spec, "monitor", None)
         self._monitor = None if monitor is None else Monitor(monitor, self._classifier)
@@ -112,6 +113,15 @@ class Learner:
         self._expired: dict[str, None] = {}
         self._newest_ms = 0
         self.label_counts = dict.fromkeys(LABEL_OUTCOMES, 0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_drift_errors" not in state:  # a checkpoint from before one-sided drift
+            detector = self._detector
+            errors = _error_window(detector)
+            if errors is not None:
+                errors[:] = [detector.width, detector.total]
+            self._drift_errors = errors
 
     def reset_metrics(self) -> None:
         """Start the cumulative and rolling metrics afresh; the model, counts and drift
@@ -157,7 +167,9 @@ class Learner:
         model: base.Estimator = self._model
         return model
 
-    def process(self, features: Mapping[str, Any], label: Any | None, offset: int) -> Any:
+    def process(
+        self, features: Mapping[str, Any], label: Any | None, offset: int, ts_ms: int | None = None
+    ) -> Any:
         """Predict, then, when ``label`` is given, score the prediction, watch drift and learn.
 
         Parameters
@@ -168,6 +180,8 @@ class Learner:
             The true label, or None for an event that is only scored.
         offset
             The event's offset, recorded as ``last_offset`` and in ``drift_offsets``.
+        ts_ms
+            The event's time in milliseconds, if known: the monitor's windows carry it.
 
         Returns
         -------
@@ -185,15 +199,17 @@ class Learner:
         """
         x = features if self._select is None else self._select.select_features(features)
         if label is None:  # nothing to score: no probabilities asked for
-            return self._scored(features, x, offset, scoring=False)[0]
-        y_pred, proba = self._scored(features, x, offset)
+            return self._scored(features, x, offset, ts_ms, scoring=False)[0]
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._learn(x, label, y_pred, proba, offset)
         return y_pred
 
-    def score_holdout(self, features: Mapping[str, Any], label: Any, offset: int) -> Any:
+    def score_holdout(
+        self, features: Mapping[str, Any], label: Any, offset: int, ts_ms: int | None = None
+    ) -> Any:
         """Score a labelled event of the holdout into the holdout metrics; never learn it."""
         x = features if self._select is None else self._select.select_features(features)
-        y_pred, proba = self._scored(features, x, offset)
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._score_holdout(label, y_pred, proba)
         return y_pred
 
@@ -226,7 +242,7 @@ class Learner:
                 "duplicate_id", f"a prediction for event {event_id!r} awaits its label already"
             )
         x = features if self._select is None else self._select.select_features(features)
-        y_pred, proba = self._scored(features, x, offset)
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._pending[event_id] = (x, y_pred, proba, ts_ms)
         self._newest_ms = max(self._newest_ms, ts_ms)
         oldest = self._newest_ms - delayed.max_age_s * 1000
@@ -302,7 +318,12 @@ class Learner:
             del recent[next(iter(recent))]
 
     def _scored(
-        self, features: Mapping[str, Any], x: Mapping[str, Any], offset: int, scoring: bool = True
+        self,
+        features: Mapping[str, Any],
+        x: Mapping[str, Any],
+        offset: int,
+        ts_ms: int | None,
+        scoring: bool = True,
     ) -> tuple[Any, Any]:
         """Predict for ``x`` (the selected ``features``), count the event as scored and
         show it to the monitor; the predicted label and the probabilities (None when not
@@ -311,7 +332,7 @@ class Learner:
         self.events_scored += 1
         self.last_offset = offset
         if self._monitor is not None:
-            self._monitor.observe(features, y_pred, offset)
+            self._monitor.observe(features, y_pred, offset, ts_ms)
         return y_pred, proba
 
     def _predict(self, x: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -337,12 +358,19 @@ class Learner:
             detector = self._detector
             if detector is not None:
                 if not self._classifier:
-                    detector.update(abs(label - y_pred))
+                    error = abs(label - y_pred)
+                    detector.update(error)
                 elif self._binary_detector:
-                    detector.update(y_pred != label)
+                    error = y_pred != label
+                    detector.update(error)
                 else:
-                    detector.update(0.0 if y_pred == label else 1.0)
-                if detector.drift_detected:
+                    error = 0.0 if y_pred == label else 1.0
+                    detector.update(error)
+                errors = self._drift_errors
+                if errors is not None:
+                    errors[0] += 1
+                    errors[1] += error
+                if detector.drift_detected and (errors is None or _error_rose(detector, errors)):
                     self.drift_detections += 1
                     self.drift_offsets.append(offset)
         if proba:
@@ -439,6 +467,27 @@ class Learner:
                 gap = progressive - holdout
                 gaps[name] = gap if held.bigger_is_better else -gap
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
+
+
+def _error_window(detector: Any) -> list[float] | None:
+    """The count and sum of the errors in a detector's window, kept beside it so that a
+    detection is counted only when the error rose (`_error_rose`); None for a detector
+    that does not show its window (counted as it detects: give PageHinkley ``mode="up"``,
+    DDM and its kin watch rises only)."""
+    if hasattr(detector, "width") and hasattr(detector, "total"):
+        return [0, 0.0]
+    return None
+
+
+def _error_rose(detector: Any, errors: list[float]) -> bool:
+    """Whether the error mean of what ADWIN kept (the recent part of its window) is above
+    that of what it dropped: a model that gets better is no drift to page about. ``errors``
+    held the whole window before the cut; it starts afresh, as River's detector does after a
+    detection."""
+    kept_n, kept_sum = detector.width, detector.total
+    dropped_n, dropped_sum = errors[0] - kept_n, errors[1] - kept_sum
+    errors[0], errors[1] = 0, 0.0
+    return bool(kept_n > 0 and dropped_n > 0 and kept_sum / kept_n > dropped_sum / dropped_n)
 
 
 def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:
