@@ -301,6 +301,12 @@ class Learner:
         return {} if monitor is None else dict(monitor.alarms)
 
     @property
+    def alarm_seq(self) -> int:
+        """Label-free alarms raised so far, all signals (0 without a monitor)."""
+        monitor = getattr(self, "_monitor", None)
+        return 0 if monitor is None else monitor.alarm_seq
+
+    @property
     def pending_labels(self) -> int:
         """Predictions awaiting their label."""
         return len(self._pending)

@@ -5,6 +5,7 @@ names its signal, feature or class, window, value and threshold)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import random
@@ -12,10 +13,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from livelearn.learners import Learner, ModelSpec
 from livelearn.learners.monitor import SIGNALS, Monitor, MonitorSpec
+from livelearn.learners.sanitize import Sanitizer
+from livelearn.store.checkpoints import ShardId
+from livelearn.stream._reporting import Reporting
+from livelearn.stream._shard import Shard
+from livelearn.stream.metrics import WorkerMetrics
 
 WINDOW = 1000
 SPEC = MonitorSpec(window=WINDOW)
@@ -252,3 +259,41 @@ def test_a_regression_models_predictions_are_watched_by_their_mean(task: str) ->
 def test_the_monitor_can_be_turned_off() -> None:
     spec = _spec().model_copy(update={"monitor": None})
     assert "monitor" not in Learner(spec).stats()
+
+
+def test_the_worker_logs_and_exports_each_alarm_from_the_alarm_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log line and the alarm series name the alarm's own feature and window, even
+    when later windows (read at checkpoint time) point elsewhere."""
+    spec = _spec()
+    learner = Learner(spec)
+    shard = Shard(ShardId("watched", "t", 0), spec, learner, Sanitizer([], key=b"k"), 1, 0)
+    reporting = Reporting.__new__(Reporting)
+    reporting._metrics = WorkerMetrics(CollectorRegistry())
+    events = _events(16_000, seed=3, change_at=12_400, change=_vanish)
+    for offset, (x, _) in enumerate(events):
+        learner.process(x, x["b"] > 5, offset, 1_700_000_000_000 + offset)
+    labels = ("watched", "t", "0")
+    with caplog.at_level(logging.WARNING, logger="livelearn.worker"):
+        reporting._report_monitor(shard, learner.stats()["monitor"], labels)
+    alarms = [r for r in caplog.records if r.getMessage().startswith("label-free alarm")]
+    assert alarms
+    fields = alarms[0].fields  # type: ignore[attr-defined]
+    assert (fields["signal"], fields["feature"]) == ("feature_set", "a")
+    assert 12_400 <= fields["last_offset"] < 14_000
+    assert fields["last_event_time"].startswith("2023-11-14T22:")
+    assert fields["value"] > fields["threshold"]
+    registry = reporting._metrics.registry
+    where = {"model": "watched", "topic": "t", "partition": "0", "signal": "feature_set"}
+    assert registry.get_sample_value(
+        "livelearn_label_free_alarm_timestamp_seconds", {**where, "feature": "a"}
+    )
+    assert registry.get_sample_value("livelearn_label_free_threshold_metric", where)
+    assert registry.get_sample_value(
+        "livelearn_label_free_alarms_total", {"model": "watched", "signal": "feature_set"}
+    ) == len([a for a in learner.stats()["monitor"]["alarm_log"] if a["signal"] == "feature_set"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="livelearn.worker"):
+        reporting._report_monitor(shard, learner.stats()["monitor"], labels)
+    assert not caplog.records  # each alarm is logged once
