@@ -23,6 +23,12 @@ LABEL_OUTCOMES = ("joined", "expired")
 
 # Enough history to line drift detections up with a dashboard without growing the snapshot.
 _DRIFT_OFFSETS_KEPT = 100
+# A rise ADWIN detects is counted once this many labelled events after it confirm it, at
+# this one-sided z (a 1e-3 chance for a fluctuation, on top of ADWIN's own rarity; python
+# -m bench monitor counts what passes on stationary streams): long enough for a real rise
+# to stand out, short enough to page soon after ADWIN.
+_DRIFT_CONFIRM_EVENTS = 1000
+_DRIFT_CONFIRM_Z = 3.09
 
 
 def in_holdout(event_id: str, share: float) -> bool:
@@ -98,6 +104,9 @@ class Learner:
         self._detector: Any = spec.build_drift()
         self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
         self._drift_errors = _error_window(self._detector)
+        # An ADWIN detection of a rise, awaiting confirmation: (the dropped part's count
+        # and error mean, the detection's offset); see `_confirm_drift`.
+        self._drift_pending: tuple[float, float, int] | None = None
         self._select = spec if spec.include is not None or spec.exclude else None
         monitor = getattr(spec, "monitor", None)
         self._monitor = None if monitor is None else Monitor(monitor, self._classifier)
@@ -119,9 +128,10 @@ class Learner:
         if "_drift_errors" not in state:  # a checkpoint from before one-sided drift
             detector = self._detector
             errors = _error_window(detector)
-            if errors is not None:
-                errors[:] = [detector.width, detector.total]
+            if errors is not None:  # the squares count only from the next detection on
+                errors[:] = [detector.width, detector.total, 0.0]
             self._drift_errors = errors
+            self._drift_pending = None
 
     def reset_metrics(self) -> None:
         """Start the cumulative and rolling metrics afresh; the model, counts and drift
@@ -373,12 +383,18 @@ class Learner:
                     error = 0.0 if y_pred == label else 1.0
                     detector.update(error)
                 errors = self._drift_errors
-                if errors is not None:
+                if errors is None:
+                    if detector.drift_detected:
+                        self.drift_detections += 1
+                        self.drift_offsets.append(offset)
+                else:
                     errors[0] += 1
                     errors[1] += error
-                if detector.drift_detected and (errors is None or _error_rose(detector, errors)):
-                    self.drift_detections += 1
-                    self.drift_offsets.append(offset)
+                    errors[2] += error * error
+                    if self._drift_pending is not None and errors[0] >= _DRIFT_CONFIRM_EVENTS:
+                        self._confirm_drift()
+                    if detector.drift_detected:
+                        self._cut(detector, errors, offset)
         if proba:
             for metric in self._proba_metrics:
                 metric.update(label, proba)
@@ -388,6 +404,37 @@ class Learner:
             self._evaluated += 1
         self._model.learn_one(x, label)
         self.events_learned += 1
+
+    def _cut(self, detector: Any, errors: list[float], offset: int) -> None:
+        """ADWIN cut its window at ``offset``: when the error mean of the part it keeps is
+        above that of the part it drops (a rise: a model that gets better is no drift to
+        page about), the detection awaits confirmation. ``errors`` held the whole window
+        before the cut; it starts afresh, as River's detector does after a detection."""
+        if self._drift_pending is not None:
+            self._confirm_drift()  # on what came since: a new cut ends its wait
+        kept_n, kept_sum = detector.width, detector.total
+        dropped_n, dropped_sum = errors[0] - kept_n, errors[1] - kept_sum
+        errors[:] = [0, 0.0, 0.0]
+        if kept_n > 0 and dropped_n > 0 and kept_sum / kept_n > dropped_sum / dropped_n:
+            self._drift_pending = (dropped_n, dropped_sum / dropped_n, offset)
+
+    def _confirm_drift(self) -> None:
+        """Count the pending detection if the errors since it (fresh data: the cut chose
+        where the difference looked largest, so its own parts overstate it) are above the
+        dropped part's mean by a one-sided z-test at ``_DRIFT_CONFIRM_Z``: a sustained rise
+        is drift, a passing fluctuation that ADWIN caught is not."""
+        assert self._drift_pending is not None and self._drift_errors is not None
+        dropped_n, dropped_mean, offset = self._drift_pending
+        self._drift_pending = None
+        n, total, squares = self._drift_errors
+        if n < 2:
+            return
+        mean = total / n
+        spread = max(0.0, squares / n - mean * mean) * (1 / n + 1 / dropped_n)
+        rise = mean - dropped_mean
+        if rise > 0 and (spread == 0.0 or rise / math.sqrt(spread) > _DRIFT_CONFIRM_Z):
+            self.drift_detections += 1
+            self.drift_offsets.append(offset)
 
     def predict_one(self, x: Mapping[str, Any]) -> Any:
         """Return the model's prediction for features ``x`` (feature selection applied)."""
@@ -476,24 +523,13 @@ class Learner:
 
 
 def _error_window(detector: Any) -> list[float] | None:
-    """The count and sum of the errors in a detector's window, kept beside it so that a
-    detection is counted only when the error rose (`_error_rose`); None for a detector
-    that does not show its window (counted as it detects: give PageHinkley ``mode="up"``,
-    DDM and its kin watch rises only)."""
+    """The count, sum and sum of squares of the errors in a detector's window, kept beside
+    it so that a detection counts only when the error rose (`Learner._cut`); None for a
+    detector that does not show its window (counted as it detects: give PageHinkley
+    ``mode="up"``, DDM and its kin watch rises only)."""
     if hasattr(detector, "width") and hasattr(detector, "total"):
-        return [0, 0.0]
+        return [0, 0.0, 0.0]
     return None
-
-
-def _error_rose(detector: Any, errors: list[float]) -> bool:
-    """Whether the error mean of what ADWIN kept (the recent part of its window) is above
-    that of what it dropped: a model that gets better is no drift to page about. ``errors``
-    held the whole window before the cut; it starts afresh, as River's detector does after a
-    detection."""
-    kept_n, kept_sum = detector.width, detector.total
-    dropped_n, dropped_sum = errors[0] - kept_n, errors[1] - kept_sum
-    errors[0], errors[1] = 0, 0.0
-    return bool(kept_n > 0 and dropped_n > 0 and kept_sum / kept_n > dropped_sum / dropped_n)
 
 
 def load_learner(codec: SnapshotCodec, blob: bytes) -> Learner:

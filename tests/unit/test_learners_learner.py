@@ -231,7 +231,30 @@ def test_a_model_that_improves_is_no_drift(make_spec: MakeSpec) -> None:
     del state["_drift_errors"]  # a checkpoint from before: ADWIN's window is read back
     older = Learner.__new__(Learner)
     older.__setstate__(state)
-    assert older._drift_errors == [learner._detector.width, learner._detector.total]
+    assert older._drift_errors == [learner._detector.width, learner._detector.total, 0.0]
+
+
+def test_a_passing_burst_of_errors_is_no_drift_and_a_lasting_rise_is(make_spec: MakeSpec) -> None:
+    """ADWIN catches a burst of 40 wrong labels as a rise; the events after it do not
+    confirm it, so it is not counted. A rise of the label noise that lasts is counted, at
+    the offset where ADWIN detected it."""
+    for lasting in (False, True):
+        rng = random.Random(1)
+        learner = Learner(make_spec(metrics=["Accuracy"]))
+        adwin_detections = 0
+        for offset in range(6000):
+            x = {"a": rng.uniform(-1, 1), "b": rng.uniform(-1, 1)}
+            noise = 0.35 if lasting and offset >= 3000 else 0.1
+            wrong = rng.random() < noise or (not lasting and 3000 <= offset < 3040)
+            learner.process(x, (x["a"] > 0) != wrong, offset)
+            adwin_detections += learner._detector.drift_detected
+        assert adwin_detections >= 1
+        stats = learner.stats()
+        if lasting:
+            assert stats["drift_detections"] >= 1
+            assert 3000 < stats["drift_offsets"][0] < 3400, stats["drift_offsets"]
+        else:
+            assert stats["drift_detections"] == 0, stats["drift_offsets"]
 
 
 def test_regression_drift_is_watched_on_absolute_errors(make_spec: MakeSpec) -> None:
