@@ -16,8 +16,10 @@ Each test gives a score, a z-score under the hypothesis that nothing changed:
   only when that class took nearly every prediction;
 - ``null_predictions``: the share of None or NaN predictions, one-sided (a rise);
 - ``feature_shift``: per numeric feature, its mean, in standard errors;
-- ``feature_spread``: per numeric feature, the log of its variance ratio, in standard errors
-  (an F-like test);
+- ``feature_spread``: per numeric feature, the mean square root of its absolute deviations
+  from its centre (Levene's test on roots: a change of spread, such as a doubled variance,
+  without the false alarms a heavy tail gives a variance ratio); left to ``feature_shift``
+  in a window where the mean moved, as deviations from the old centre grow with it;
 - ``feature_set``: per feature, the share of sampled events that carry it (one that vanishes
   or appears, wholly or in part);
 - ``category_shift``: per string (or bool) feature, the share of each category frequent
@@ -83,12 +85,15 @@ _COLLAPSED = 0.99
 # taken from them (`_inflation`).
 _MIN_CALIBRATION = 3
 _CONFIDENCE = 0.9
+# Numeric features whose centre is kept (`_Moments`); past them a window's first value is
+# its centre (its spread then goes untested), so that no feature name grows the state.
+_SHIFTS_KEPT = 10_000
 # The stand-in for a category beyond ``max_categories`` in a window's counts.
 _OVERFLOW = None
 _NORMAL = statistics.NormalDist()
 # Bumped when the monitor's state changes shape: a checkpoint of another version restarts
 # its monitor (a fresh warm-up) instead of reading state it does not have.
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 
 
 class MonitorSpec(BaseModel):
@@ -97,7 +102,7 @@ class MonitorSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: int = Field(default=1000, ge=50)
-    sample_every: int = Field(default=2, ge=1)
+    sample_every: int = Field(default=3, ge=1)
     warmup_windows: int = Field(default=10, ge=0)
     reference_windows: int = Field(default=4, ge=1, le=50)
     expected_events_between_false_alarms: float = Field(default=1e7, gt=0)
@@ -114,33 +119,58 @@ class MonitorSpec(BaseModel):
 
 
 class _Moments:
-    """Count, mean and sum of squared deviations of some values; merged with Chan's rule."""
+    """Count and sums of some values about a centre, the shift (the first window's mean,
+    so that windows add up): the sums of ``d = x - shift``, of ``d * d``, of ``abs(d)`` and
+    of its square root; mean, variance, and the mean root deviation from the centre.
 
-    __slots__ = ("m2", "mean", "n")
+    >>> m = _Moments([4, 0.0, 0.0, 34.0, 10.0, 6.0])  # -1, 1, -4, 4 about 0
+    >>> m.mean, round(m.var, 4), m.deviation, m.deviation_var
+    (0.0, 11.3333, 1.5, 0.25)
+    >>> m.merge(_Moments([2, 10.0, -9.0, 41.0, 9.0, 4.0]))  # 5 and 6, about 10
+    >>> round(m.mean, 4), round(m.var, 4), m.deviation
+    (1.8333, 14.9667, nan)
+    """
 
-    def __init__(self, n: int = 0, mean: float = 0.0, m2: float = 0.0) -> None:
-        self.n, self.mean, self.m2 = n, mean, m2
+    __slots__ = ("n", "shift", "sums")
 
-    @classmethod
-    def from_sums(cls, sums: list[float]) -> _Moments:
-        """From ``[n, shift, sum(x - shift), sum((x - shift)**2)]``."""
-        n, shift, s1, s2 = sums
-        if not n:
-            return cls()
-        return cls(int(n), shift + s1 / n, max(0.0, s2 - s1 * s1 / n))
+    def __init__(self, sums: list[float] | None = None) -> None:
+        sums = sums or [0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self.n, self.shift, self.sums = int(sums[0]), sums[1], sums[2:]
 
     def merge(self, other: _Moments) -> None:
         if not other.n:
             return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean += delta * other.n / n
-        self.m2 += other.m2 + delta * delta * self.n * other.n / n
-        self.n = n
+        if not self.n:
+            self.shift = other.shift
+        s1, s2, sabs, sroot = other.sums
+        if other.shift != self.shift:  # re-centred; the deviations cannot be
+            c = other.shift - self.shift
+            s1, s2 = s1 + other.n * c, s2 + 2 * c * s1 + other.n * c * c
+            sabs = sroot = math.nan
+        self.n += other.n
+        self.sums = [a + b for a, b in zip(self.sums, (s1, s2, sabs, sroot), strict=True)]
+
+    @property
+    def mean(self) -> float:
+        return self.shift + self.sums[0] / self.n if self.n else 0.0
 
     @property
     def var(self) -> float:
-        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+        if self.n < 2:
+            return 0.0
+        s1, s2 = self.sums[:2]
+        return max(0.0, s2 - s1 * s1 / self.n) / (self.n - 1)
+
+    @property
+    def deviation(self) -> float:
+        """The mean square root of the absolute deviations from the centre (NaN: windows
+        of other centres); the root tames a heavy tail's sway."""
+        return self.sums[3] / self.n if self.n else 0.0
+
+    @property
+    def deviation_var(self) -> float:
+        """The variance of one root deviation from the centre."""
+        return max(0.0, self.sums[2] / self.n - self.deviation**2) if self.n else 0.0
 
 
 class _Window:
@@ -226,6 +256,10 @@ class Monitor:
     def _reset(self) -> None:
         self._version = _STATE_VERSION
         self._every, self._size = self.spec.sample_every, self.spec.window
+        # Each numeric series' centre: its first window's mean (that window is about its
+        # first value), kept so that windows add up.
+        self._shifts: dict[str, float] = {}
+        self._predicted_shift: float | None = None
         self._history: collections.deque[_Window] = collections.deque(
             maxlen=self.spec.reference_windows + 1
         )
@@ -247,7 +281,7 @@ class Monitor:
         self._n = self._nulls = self._sampled = 0
         self._countdown = self.spec.sample_every
         self._classes: dict[Any, int] = {}
-        self._predicted = [0, 0.0, 0.0, 0.0]
+        self._predicted: list[float] = []
         self._presence: dict[str, int] = {}
         self._numeric: dict[str, list[float]] = {}
         self._categories: dict[str, dict[Any, int]] = {}
@@ -275,8 +309,12 @@ class Monitor:
             classes[y_pred] = classes.get(y_pred, 0) + 1
         else:
             try:
-                _add(self._predicted, float(y_pred))
+                value = float(y_pred)
             except (TypeError, ValueError, OverflowError):
+                value = math.nan
+            if value - value == 0:
+                self._predicted.append(value)
+            else:
                 self._nulls += 1
         self._countdown -= 1
         if not self._countdown:
@@ -296,12 +334,15 @@ class Monitor:
                     # present by its moments when the window closes
                     sums = numeric.get(name)
                     if sums is None:
-                        numeric[name] = [1, value, 0.0, 0.0]
-                    else:
-                        sums[0] += 1
-                        d = value - sums[1]
-                        sums[2] += d
-                        sums[3] += d * d
+                        shift = self._shifts.get(name, value)
+                        sums = numeric[name] = [0, shift, 0.0, 0.0, 0.0, 0.0]
+                    sums[0] += 1
+                    d = value - sums[1]
+                    sums[2] += d
+                    sums[3] += d * d
+                    d = abs(d)
+                    sums[4] += d
+                    sums[5] += d**0.5
                     continue
             elif kind is str or kind is bool:
                 counts = self._categories.get(name)
@@ -321,9 +362,17 @@ class Monitor:
         window = _Window()
         window.n, window.nulls, window.sampled = self._n, self._nulls, self._sampled
         window.classes = self._classes
-        window.predicted = _Moments.from_sums(self._predicted)
+        predicted = self._predicted
+        if predicted:
+            shift = predicted[0] if self._predicted_shift is None else self._predicted_shift
+            window.predicted = _Moments(_sums(predicted, shift))
         window.presence = self._presence
-        window.numeric = {name: _Moments.from_sums(s) for name, s in self._numeric.items()}
+        window.numeric = {name: _Moments(sums) for name, sums in self._numeric.items()}
+        for name, moments in window.numeric.items():
+            if name not in self._shifts and len(self._shifts) < _SHIFTS_KEPT:
+                self._shifts[name] = moments.mean
+        if self._predicted_shift is None and window.predicted.n:
+            self._predicted_shift = window.predicted.mean
         for name, moments in window.numeric.items():
             window.presence[name] = window.presence.get(name, 0) + moments.n
         window.categories = self._categories
@@ -373,8 +422,17 @@ class Monitor:
         """Each signal's worst test in this window; an alarm where it passes its threshold."""
         worst: dict[str, tuple[float, _Test, float]] = {}
         over: dict[str, list[_Test]] = {}
-        for test in tests:
-            limit = self.threshold(test.signal, test.key, len(tests))
+        limits = [self.threshold(test.signal, test.key, len(tests)) for test in tests]
+        # A series whose mean moved has its deviations from the old centre grow as well:
+        # its spread is left untested in that window, the mean's alarm says it.
+        moved = {
+            test.feature
+            for test, limit in zip(tests, limits, strict=True)
+            if test.score > limit and self._moment(test) == "mean"
+        }
+        for test, limit in zip(tests, limits, strict=True):
+            if test.feature in moved and self._moment(test) == "spread":
+                continue
             ratio = test.score / limit
             if test.signal not in worst or ratio > worst[test.signal][0]:
                 worst[test.signal] = (ratio, test, limit)
@@ -407,6 +465,16 @@ class Monitor:
                     "also": [t.key for t in over[signal] if t is not test][:_ALSO_KEPT],
                 }
             )
+
+    def _moment(self, test: _Test) -> str | None:
+        """Whether ``test`` is a numeric series' "mean" or "spread" test, else None."""
+        if test.signal == "feature_shift":
+            return "mean"
+        if test.signal == "feature_spread":
+            return "spread"
+        if test.signal == "prediction_shift" and not self._classifier:
+            return test.category
+        return None
 
     def _tests(self, now: _Window, before: _Window) -> list[_Test]:
         tests: list[_Test] = []
@@ -468,11 +536,17 @@ class Monitor:
             z_spread = 0.0
         else:  # in the reference's spread (the window's, if the reference was constant)
             z_mean = moved / math.sqrt((v0 or v1) * (1 / now.n + 1 / before.n))
-            z_spread = (
-                abs(math.log(v1 / v0)) / math.sqrt(2 / (now.n - 1) + 2 / (before.n - 1))
-                if v0 and v1
-                else _CONSTANT_CHANGED
-            )
+            # The spread: the mean root deviation from the series' centre (Levene's test on
+            # square roots: a heavy tail sways it far less than a variance ratio).
+            a1, a0 = now.deviation, before.deviation
+            spread = before.deviation_var or now.deviation_var
+            z_spread = 0.0
+            if not (a1 == a1 and a0 == a0 and now.shift == before.shift):
+                pass  # windows about other centres: no test (the first ones only)
+            elif spread == 0.0:  # every deviation alike (two values about their middle)
+                z_spread = 0.0 if a1 == a0 else _CONSTANT_CHANGED
+            else:
+                z_spread = abs(a1 - a0) / math.sqrt(spread * (1 / now.n + 1 / before.n))
         add(_Test(signal, feature, names[0], z_mean, now.mean, before.mean))
         add(_Test(spread_signal, feature, names[1], z_spread, math.sqrt(v1), math.sqrt(v0)))
 
@@ -493,14 +567,23 @@ class Monitor:
         }
 
 
-def _add(sums: list[float], value: float) -> None:
-    """Add ``value`` to ``[n, shift, sum(x - shift), sum((x - shift)**2)]``."""
-    if not sums[0]:
-        sums[1] = value
-    sums[0] += 1
-    d = value - sums[1]
-    sums[2] += d
-    sums[3] += d * d
+def _sums(values: list[float], shift: float) -> list[float]:
+    """``[n, shift, the sums of d = x - shift, d * d, abs(d) and its square root]``, as
+    the hot path keeps them for a feature (`Monitor._sample`).
+
+    >>> _sums([1.0, 4.0], 0.0)
+    [2, 0.0, 5.0, 17.0, 5.0, 3.0]
+    """
+    deviations = [value - shift for value in values]
+    absolute = [abs(d) for d in deviations]
+    return [
+        len(values),
+        shift,
+        sum(deviations),
+        sum(d * d for d in deviations),
+        sum(absolute),
+        sum(a**0.5 for a in absolute),
+    ]
 
 
 def _inflation(z2: list[float]) -> float:
