@@ -15,7 +15,9 @@ Each test gives a score, a z-score under the hypothesis that nothing changed:
 - ``prediction_collapse``: the share of the window's most predicted class, one-sided, and
   only when that class took nearly every prediction;
 - ``null_predictions``: the share of None or NaN predictions, one-sided (a rise);
-- ``feature_shift``: per numeric feature, its mean, in standard errors;
+- ``feature_shift``: per numeric feature, its location: the mean of the square roots of its
+  deviations from its centre, signed as they are, in standard errors (a heavy tail sways
+  the mean of roots far less than the mean of the values);
 - ``feature_spread``: per numeric feature, the mean square root of its absolute deviations
   from its centre (Levene's test on roots: a change of spread, such as a doubled variance,
   without the false alarms a heavy tail gives a variance ratio); left to ``feature_shift``
@@ -120,15 +122,16 @@ class MonitorSpec(BaseModel):
 
 class _Moments:
     """Count and sums of some values about a centre, the shift (the first window's mean,
-    so that windows add up): the sums of ``d = x - shift``, of ``d * d``, of ``abs(d)`` and
-    of its square root; mean, variance, and the mean root deviation from the centre.
+    so that windows add up): the sums of ``d = x - shift``, of ``abs(d)``, of its square
+    root ``r``, and of ``r`` signed as ``d``. The tests read the roots: a heavy tail sways
+    their means far less than those of the values or of their squares.
 
-    >>> m = _Moments([4, 0.0, 0.0, 34.0, 10.0, 6.0])  # -1, 1, -4, 4 about 0
-    >>> m.mean, round(m.var, 4), m.deviation, m.deviation_var
-    (0.0, 11.3333, 1.5, 0.25)
-    >>> m.merge(_Moments([2, 10.0, -9.0, 41.0, 9.0, 4.0]))  # 5 and 6, about 10
-    >>> round(m.mean, 4), round(m.var, 4), m.deviation
-    (1.8333, 14.9667, nan)
+    >>> m = _Moments([4, 0.0, 0.0, 10.0, 6.0, 0.0])  # -1, 1, -4, 4 about 0
+    >>> m.mean, m.deviation, m.root, m.root_var, m.signed_root, m.signed_root_var
+    (0.0, 2.5, 1.5, 0.25, 0.0, 2.5)
+    >>> m.merge(_Moments([2, 10.0, -9.0, 9.0, 4.0, -4.0]))  # 5 and 6, about 10
+    >>> round(m.mean, 4), m.root
+    (1.8333, nan)
     """
 
     __slots__ = ("n", "shift", "sums")
@@ -142,35 +145,42 @@ class _Moments:
             return
         if not self.n:
             self.shift = other.shift
-        s1, s2, sabs, sroot = other.sums
+        s1, *roots = other.sums
         if other.shift != self.shift:  # re-centred; the deviations cannot be
-            c = other.shift - self.shift
-            s1, s2 = s1 + other.n * c, s2 + 2 * c * s1 + other.n * c * c
-            sabs = sroot = math.nan
+            s1 += other.n * (other.shift - self.shift)
+            roots = [math.nan] * 3
         self.n += other.n
-        self.sums = [a + b for a, b in zip(self.sums, (s1, s2, sabs, sroot), strict=True)]
+        self.sums = [a + b for a, b in zip(self.sums, (s1, *roots), strict=True)]
+
+    def _per_value(self, i: int) -> float:
+        return self.sums[i] / self.n if self.n else 0.0
 
     @property
     def mean(self) -> float:
-        return self.shift + self.sums[0] / self.n if self.n else 0.0
-
-    @property
-    def var(self) -> float:
-        if self.n < 2:
-            return 0.0
-        s1, s2 = self.sums[:2]
-        return max(0.0, s2 - s1 * s1 / self.n) / (self.n - 1)
+        return self.shift + self._per_value(0)
 
     @property
     def deviation(self) -> float:
-        """The mean square root of the absolute deviations from the centre (NaN: windows
-        of other centres); the root tames a heavy tail's sway."""
-        return self.sums[3] / self.n if self.n else 0.0
+        """The mean absolute deviation from the centre."""
+        return self._per_value(1)
 
     @property
-    def deviation_var(self) -> float:
-        """The variance of one root deviation from the centre."""
-        return max(0.0, self.sums[2] / self.n - self.deviation**2) if self.n else 0.0
+    def root(self) -> float:
+        """The mean root deviation (NaN: windows of other centres): the spread's test."""
+        return self._per_value(2)
+
+    @property
+    def root_var(self) -> float:
+        return max(0.0, self.deviation - self.root**2)
+
+    @property
+    def signed_root(self) -> float:
+        """The mean signed root deviation: the location's test."""
+        return self._per_value(3)
+
+    @property
+    def signed_root_var(self) -> float:
+        return max(0.0, self.deviation - self.signed_root**2)
 
 
 class _Window:
@@ -339,10 +349,16 @@ class Monitor:
                     sums[0] += 1
                     d = value - sums[1]
                     sums[2] += d
-                    sums[3] += d * d
-                    d = abs(d)
-                    sums[4] += d
-                    sums[5] += d**0.5
+                    if d < 0:
+                        sums[3] -= d
+                        d = (-d) ** 0.5
+                        sums[4] += d
+                        sums[5] -= d
+                    else:
+                        sums[3] += d
+                        d **= 0.5
+                        sums[4] += d
+                        sums[5] += d
                     continue
             elif kind is str or kind is bool:
                 counts = self._categories.get(name)
@@ -528,27 +544,24 @@ class Monitor:
         spread is its own signal)."""
         if now.n < _MIN_VALUES or before.n < _MIN_VALUES:
             return
-        v1, v0 = now.var, before.var
         spread_signal = "feature_spread" if feature is not None else signal
-        moved = abs(now.mean - before.mean)
-        if v0 == 0.0 and v1 == 0.0:  # constant: any move is a change
-            z_mean = 0.0 if not moved else _CONSTANT_CHANGED
-            z_spread = 0.0
-        else:  # in the reference's spread (the window's, if the reference was constant)
-            z_mean = moved / math.sqrt((v0 or v1) * (1 / now.n + 1 / before.n))
-            # The spread: the mean root deviation from the series' centre (Levene's test on
-            # square roots: a heavy tail sways it far less than a variance ratio).
-            a1, a0 = now.deviation, before.deviation
-            spread = before.deviation_var or now.deviation_var
-            z_spread = 0.0
-            if not (a1 == a1 and a0 == a0 and now.shift == before.shift):
-                pass  # windows about other centres: no test (the first ones only)
-            elif spread == 0.0:  # every deviation alike (two values about their middle)
-                z_spread = 0.0 if a1 == a0 else _CONSTANT_CHANGED
-            else:
-                z_spread = abs(a1 - a0) / math.sqrt(spread * (1 / now.n + 1 / before.n))
+        z_mean = z_spread = 0.0
+        if now.shift == before.shift and now.root == now.root and before.root == before.root:
+            # Means of roots (signed for the location) as z-scores (not from windows about
+            # other centres: the first of a feature only).
+            z_mean = _mean_z(
+                now.signed_root,
+                before.signed_root,
+                now.signed_root_var,
+                before.signed_root_var,
+                now.n,
+                before.n,
+            )
+            z_spread = _mean_z(
+                now.root, before.root, now.root_var, before.root_var, now.n, before.n
+            )
         add(_Test(signal, feature, names[0], z_mean, now.mean, before.mean))
-        add(_Test(spread_signal, feature, names[1], z_spread, math.sqrt(v1), math.sqrt(v0)))
+        add(_Test(spread_signal, feature, names[1], z_spread, now.deviation, before.deviation))
 
     def stats(self) -> dict[str, Any]:
         """The last finished window's signals (scores), thresholds and what is responsible
@@ -568,21 +581,21 @@ class Monitor:
 
 
 def _sums(values: list[float], shift: float) -> list[float]:
-    """``[n, shift, the sums of d = x - shift, d * d, abs(d) and its square root]``, as
-    the hot path keeps them for a feature (`Monitor._sample`).
+    """``[n, shift, the sums of d = x - shift, abs(d), its root r, and r signed as d]``,
+    as the hot path keeps them for a feature (`Monitor._sample`).
 
-    >>> _sums([1.0, 4.0], 0.0)
-    [2, 0.0, 5.0, 17.0, 5.0, 3.0]
+    >>> _sums([1.0, 4.0, -9.0], 0.0)
+    [3, 0.0, -4.0, 14.0, 6.0, 0.0]
     """
     deviations = [value - shift for value in values]
-    absolute = [abs(d) for d in deviations]
+    roots = [abs(d) ** 0.5 for d in deviations]
     return [
         len(values),
         shift,
         sum(deviations),
-        sum(d * d for d in deviations),
-        sum(absolute),
-        sum(a**0.5 for a in absolute),
+        sum(r * r for r in roots),
+        sum(roots),
+        sum(math.copysign(r, d) for r, d in zip(roots, deviations, strict=True)),
     ]
 
 
@@ -606,6 +619,19 @@ def _inflation(z2: list[float]) -> float:
 def _add_counts(into: dict[Any, int], counts: Mapping[Any, int]) -> None:
     for key, n in counts.items():
         into[key] = into.get(key, 0) + n
+
+
+def _mean_z(m1: float, m0: float, v1: float, v0: float, n1: int, n0: int) -> float:
+    """How far mean ``m1`` (of ``n1`` values of variance ``v1``) is from ``m0``, in
+    standard errors of the reference's variance ``v0`` (``v1``'s if ``v0`` is 0).
+
+    >>> _mean_z(1.0, 0.0, 1.0, 1.0, 100, 100), _mean_z(2.0, 1.0, 0.0, 0.0, 5, 5)
+    (7.0710678118654755, 1000000.0)
+    """
+    scale = v0 or v1
+    if scale == 0.0:  # every value alike, in both
+        return 0.0 if m1 == m0 else _CONSTANT_CHANGED
+    return abs(m1 - m0) / math.sqrt(scale * (1 / n1 + 1 / n0))
 
 
 def _share_z(k1: int, n1: int, k0: int, n0: int) -> float:
