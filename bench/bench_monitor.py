@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--cost-events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--baseline", default="5066af0")
+    parser.add_argument(
+        "--baseline",
+        default="5066af0",
+        help="the revision whose monitor the cost is compared with (default: the one "
+        "before issue 20's signals)",
+    )
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
