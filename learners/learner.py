@@ -25,6 +25,12 @@ LABEL_OUTCOMES = ("joined", "expired")
 
 # Enough history to line drift detections up with a dashboard without growing the snapshot.
 _DRIFT_OFFSETS_KEPT = 100
+# A rise ADWIN detects is counted once this many labelled events after it confirm it, at
+# this one-sided z (a 1e-3 chance for a fluctuation, on top of ADWIN's own rarity; python
+# -m bench monitor counts what passes on stationary streams): long enough for a real rise
+# to stand out, short enough to page soon after ADWIN.
+_DRIFT_CONFIRM_EVENTS = 1000
+_DRIFT_CONFIRM_Z = 3.09
 
 
 def in_holdout(event_id: str, share: float) -> bool:
@@ -105,6 +111,10 @@ class Learner:
         )
         self._detector: Any = spec.build_drift()
         self._binary_detector = isinstance(self._detector, base.BinaryDriftDetector)
+        self._drift_errors = _error_window(self._detector)
+        # An ADWIN detection of a rise, awaiting confirmation: (the dropped part's count
+        # and error mean, the detection's offset); see `_confirm_drift`.
+        self._drift_pending: tuple[float, float, int] | None = None
         self._select = spec if spec.include is not None or spec.exclude else None
         monitor = getattr(spec, "monitor", None)
         self._monitor = None if monitor is None else Monitor(monitor, self._classifier)
@@ -120,6 +130,16 @@ class Learner:
         self._expired: dict[str, None] = {}
         self._newest_ms = 0
         self.label_counts = dict.fromkeys(LABEL_OUTCOMES, 0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_drift_errors" not in state:  # a checkpoint from before one-sided drift
+            detector = self._detector
+            errors = _error_window(detector)
+            if errors is not None:  # the squares count only from the next detection on
+                errors[:] = [detector.width, detector.total, 0.0]
+            self._drift_errors = errors
+            self._drift_pending = None
 
     def reset_metrics(self) -> None:
         """Start the cumulative and rolling metrics afresh; the model, counts and drift
@@ -165,7 +185,9 @@ class Learner:
         model: base.Estimator = self._model
         return model
 
-    def process(self, features: Mapping[str, Any], label: Any | None, offset: int) -> Any:
+    def process(
+        self, features: Mapping[str, Any], label: Any | None, offset: int, ts_ms: int | None = None
+    ) -> Any:
         """Predict, then, when ``label`` is given, score the prediction, watch drift and learn.
 
         Parameters
@@ -176,6 +198,8 @@ class Learner:
             The true label, or None for an event that is only scored.
         offset
             The event's offset, recorded as ``last_offset`` and in ``drift_offsets``.
+        ts_ms
+            The event's time in milliseconds, if known: the monitor's windows carry it.
 
         Returns
         -------
@@ -193,15 +217,17 @@ class Learner:
         """
         x = features if self._select is None else self._select.select_features(features)
         if label is None:  # nothing to score: no probabilities asked for
-            return self._scored(features, x, offset, scoring=False)[0]
-        y_pred, proba = self._scored(features, x, offset)
+            return self._scored(features, x, offset, ts_ms, scoring=False)[0]
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._learn(x, label, y_pred, proba, offset)
         return y_pred
 
-    def score_holdout(self, features: Mapping[str, Any], label: Any, offset: int) -> Any:
+    def score_holdout(
+        self, features: Mapping[str, Any], label: Any, offset: int, ts_ms: int | None = None
+    ) -> Any:
         """Score a labelled event of the holdout into the holdout metrics; never learn it."""
         x = features if self._select is None else self._select.select_features(features)
-        y_pred, proba = self._scored(features, x, offset)
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._score_holdout(label, y_pred, proba)
         return y_pred
 
@@ -234,7 +260,7 @@ class Learner:
                 "duplicate_id", f"a prediction for event {event_id!r} awaits its label already"
             )
         x = features if self._select is None else self._select.select_features(features)
-        y_pred, proba = self._scored(features, x, offset)
+        y_pred, proba = self._scored(features, x, offset, ts_ms)
         self._pending[event_id] = (x, y_pred, proba, ts_ms)
         self._newest_ms = max(self._newest_ms, ts_ms)
         oldest = self._newest_ms - delayed.max_age_s * 1000
@@ -293,6 +319,12 @@ class Learner:
         return {} if monitor is None else dict(monitor.alarms)
 
     @property
+    def alarm_seq(self) -> int:
+        """Label-free alarms raised so far, all signals (0 without a monitor)."""
+        monitor = getattr(self, "_monitor", None)
+        return 0 if monitor is None else monitor.alarm_seq
+
+    @property
     def pending_labels(self) -> int:
         """Predictions awaiting their label."""
         return len(self._pending)
@@ -310,7 +342,12 @@ class Learner:
             del recent[next(iter(recent))]
 
     def _scored(
-        self, features: Mapping[str, Any], x: Mapping[str, Any], offset: int, scoring: bool = True
+        self,
+        features: Mapping[str, Any],
+        x: Mapping[str, Any],
+        offset: int,
+        ts_ms: int | None,
+        scoring: bool = True,
     ) -> tuple[Any, Any]:
         """Predict for ``x`` (the selected ``features``), count the event as scored and
         show it to the monitor; the predicted label and the probabilities (None when not
@@ -319,7 +356,7 @@ class Learner:
         self.events_scored += 1
         self.last_offset = offset
         if self._monitor is not None:
-            self._monitor.observe(features, y_pred, offset)
+            self._monitor.observe(features, y_pred, offset, ts_ms)
         return y_pred, proba
 
     def _predict(self, x: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -348,14 +385,27 @@ class Learner:
             detector = self._detector
             if detector is not None:
                 if not self._classifier:
-                    detector.update(abs(label - y_pred))
+                    error = abs(label - y_pred)
+                    detector.update(error)
                 elif self._binary_detector:
-                    detector.update(y_pred != label)
+                    error = y_pred != label
+                    detector.update(error)
                 else:
-                    detector.update(0.0 if y_pred == label else 1.0)
-                if detector.drift_detected:
-                    self.drift_detections += 1
-                    self.drift_offsets.append(offset)
+                    error = 0.0 if y_pred == label else 1.0
+                    detector.update(error)
+                errors = self._drift_errors
+                if errors is None:
+                    if detector.drift_detected:
+                        self.drift_detections += 1
+                        self.drift_offsets.append(offset)
+                else:
+                    errors[0] += 1
+                    errors[1] += error
+                    errors[2] += error * error
+                    if self._drift_pending is not None and errors[0] >= _DRIFT_CONFIRM_EVENTS:
+                        self._confirm_drift()
+                    if detector.drift_detected:
+                        self._cut(detector, errors, offset)
         if proba:
             for metric in self._proba_metrics:
                 metric.update(label, proba)
@@ -368,6 +418,37 @@ class Learner:
             self._evaluated += 1
         self._model.learn_one(x, label)
         self.events_learned += 1
+
+    def _cut(self, detector: Any, errors: list[float], offset: int) -> None:
+        """ADWIN cut its window at ``offset``: when the error mean of the part it keeps is
+        above that of the part it drops (a rise: a model that gets better is no drift to
+        page about), the detection awaits confirmation. ``errors`` held the whole window
+        before the cut; it starts afresh, as River's detector does after a detection."""
+        if self._drift_pending is not None:
+            self._confirm_drift()  # on what came since: a new cut ends its wait
+        kept_n, kept_sum = detector.width, detector.total
+        dropped_n, dropped_sum = errors[0] - kept_n, errors[1] - kept_sum
+        errors[:] = [0, 0.0, 0.0]
+        if kept_n > 0 and dropped_n > 0 and kept_sum / kept_n > dropped_sum / dropped_n:
+            self._drift_pending = (dropped_n, dropped_sum / dropped_n, offset)
+
+    def _confirm_drift(self) -> None:
+        """Count the pending detection if the errors since it (fresh data: the cut chose
+        where the difference looked largest, so its own parts overstate it) are above the
+        dropped part's mean by a one-sided z-test at ``_DRIFT_CONFIRM_Z``: a sustained rise
+        is drift, a passing fluctuation that ADWIN caught is not."""
+        assert self._drift_pending is not None and self._drift_errors is not None
+        dropped_n, dropped_mean, offset = self._drift_pending
+        self._drift_pending = None
+        n, total, squares = self._drift_errors
+        if n < 2:
+            return
+        mean = total / n
+        spread = max(0.0, squares / n - mean * mean) * (1 / n + 1 / dropped_n)
+        rise = mean - dropped_mean
+        if rise > 0 and (spread == 0.0 or rise / math.sqrt(spread) > _DRIFT_CONFIRM_Z):
+            self.drift_detections += 1
+            self.drift_offsets.append(offset)
 
     def predict_one(self, x: Mapping[str, Any]) -> Any:
         """Return the model's prediction for features ``x`` (feature selection applied)."""
@@ -488,6 +569,16 @@ class Learner:
                 gap = progressive - holdout
                 gaps[name] = gap if held.bigger_is_better else -gap
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
+
+
+def _error_window(detector: Any) -> list[float] | None:
+    """The count, sum and sum of squares of the errors in a detector's window, kept beside
+    it so that a detection counts only when the error rose (`Learner._cut`); None for a
+    detector that does not show its window (counted as it detects: give PageHinkley
+    ``mode="up"``, DDM and its kin watch rises only)."""
+    if hasattr(detector, "width") and hasattr(detector, "total"):
+        return [0, 0.0, 0.0]
+    return None
 
 
 def load_learner(

@@ -184,8 +184,9 @@ def learn_event(shard: Shard, learner: Learner, event: Event, offset: int, times
         return True
     if shard.sanitize is not None:
         features = shard.sanitize(features)
+    ts = event.ts_ms if event.ts_ms is not None else timestamp  # for the monitor's windows
     if shard.holdout and label is not None and in_holdout(event.id, shard.holdout):
-        learner.score_holdout(features, label, offset)  # scored, never learned
+        learner.score_holdout(features, label, offset, ts)  # scored, never learned
     else:
-        learner.process(features, label, offset)
+        learner.process(features, label, offset, ts)
     return True

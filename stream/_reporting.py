@@ -4,6 +4,7 @@ signals and alarms, lag and progress lines (the metrics are in stream/metrics.py
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -109,24 +110,62 @@ class Reporting(WorkerState):
     def _report_monitor(
         self, shard: Shard, monitor: dict[str, Any], labels: tuple[str, str, str]
     ) -> None:
-        """The label-free signals of the last finished window, and new alarms."""
+        """The label-free signals of the last finished window and their thresholds, and
+        each new alarm, explained from the alarm itself (not from the last window)."""
         m = self._metrics
+        thresholds = monitor.get("thresholds", {})
         for signal, value in monitor["signals"].items():
             if value is not None:
                 m.signal.labels(*labels, signal).set(value)
+            if thresholds.get(signal) is not None:
+                m.signal_threshold.labels(*labels, signal).set(thresholds[signal])
         for signal, grown in _growth(shard.reported_alarms, monitor["alarms"]).items():
             m.alarms.labels(shard.id.model, signal).inc(grown)
+        seq = monitor.get("alarm_seq", 0)
+        new = [a for a in monitor.get("alarm_log", []) if a["seq"] > shard.reported_alarm_seq]
+        if seq > shard.reported_alarm_seq and len(new) < seq - shard.reported_alarm_seq:
             log.warning(
-                "label-free alarm: %s",
-                signal,
+                "label-free alarms not logged: more than the monitor keeps came between "
+                "two checkpoints",
                 extra={
                     "fields": {
                         "shard": str(shard.id),
-                        "value": monitor["signals"].get(signal),
-                        "feature": monitor["shifted_feature"],
+                        "missed": seq - shard.reported_alarm_seq - len(new),
                     }
                 },
             )
+        shard.reported_alarm_seq = seq  # taken as is when it fell (a rollback)
+        for alarm in new:
+            self._report_alarm(shard, alarm, labels)
+
+    def _report_alarm(
+        self, shard: Shard, alarm: dict[str, Any], labels: tuple[str, str, str]
+    ) -> None:
+        """One alarm: a log line with all it records, and its shard's alarm series."""
+        signal = alarm["signal"]
+        named = alarm_label(alarm)
+        log.warning(
+            "label-free alarm: %s on %s, %.3g over its threshold %.3g",
+            signal,
+            named,
+            alarm["value"],
+            alarm["threshold"],
+            extra={
+                "fields": {
+                    "shard": str(shard.id),
+                    **{k: v for k, v in alarm.items() if k != "also"},
+                    "first_event_time": _iso(alarm["first_event_ms"]),
+                    "last_event_time": _iso(alarm["last_event_ms"]),
+                    "also": alarm["also"],
+                }
+            },
+        )
+        previous = shard.alarm_features.get(signal)
+        if previous is not None and previous != named:
+            with contextlib.suppress(KeyError):
+                self._metrics.alarm_time.remove(*labels, signal, previous)
+        self._metrics.alarm_time.labels(*labels, signal, named).set(time.time())
+        shard.alarm_features[signal] = named
 
     def _report_labels(self, shard: Shard) -> None:
         """Joined and expired predictions since the last report, and those pending."""
@@ -177,8 +216,14 @@ class Reporting(WorkerState):
             with contextlib.suppress(KeyError):
                 m.pending_labels.remove(*labels)
             for signal in SIGNALS:
-                with contextlib.suppress(KeyError):
-                    m.signal.remove(*labels, signal)
+                for gauge in (m.signal, m.signal_threshold):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels, signal)
+            for shard in part.shards:
+                if shard.spec.name == spec.name:
+                    for signal, named in shard.alarm_features.items():
+                        with contextlib.suppress(KeyError):
+                            m.alarm_time.remove(*labels, signal, named)
             for name in spec.metrics:
                 for window in ("cumulative", "rolling", "holdout"):
                     with contextlib.suppress(KeyError):
@@ -203,6 +248,27 @@ def summarize(progress: Sequence[ShardProgress]) -> dict[str, dict[str, Any]]:
         }
         for model, shards in by_model.items()
     }
+
+
+def alarm_label(alarm: Mapping[str, Any]) -> str:
+    """What a label-free alarm names, as one bounded label: the feature, feature=category,
+    or prediction=class (prediction alone for the share of null predictions).
+
+    >>> alarm_label({"feature": "c", "category": "unknown"}), alarm_label({"feature": "b"})
+    ('c=unknown', 'b')
+    >>> alarm_label({"feature": None, "category": "True"})
+    'prediction=True'
+    """
+    feature = alarm.get("feature") or "prediction"
+    category = alarm.get("category")
+    return feature if category is None else f"{feature}={category}"
+
+
+def _iso(ms: int | None) -> str | None:
+    """An event time in milliseconds as ISO 8601 (UTC), None when unknown."""
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat()
 
 
 def _growth(reported: dict[str, int], counts: Mapping[str, int]) -> dict[str, int]:

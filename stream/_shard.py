@@ -97,6 +97,10 @@ class Shard:
     holdout: float = field(init=False)
     reported_labels: dict[str, int] = field(init=False)
     reported_alarms: dict[str, int] = field(init=False)
+    # The last label-free alarm logged (its sequence number), and what the last alarm of
+    # each signal named (the label of its series in livelearn_label_free_alarm_timestamp).
+    reported_alarm_seq: int = field(init=False)
+    alarm_features: dict[str, str] = field(init=False, default_factory=dict)
     task: Task = field(init=False)
     every_events: int = field(init=False)
     fingerprint: str = field(init=False)  # of the spec, signed into each checkpoint
@@ -111,6 +115,7 @@ class Shard:
         # A restored learner's counts were reported by the worker that learned them.
         self.reported_labels = dict(getattr(self.learner, "label_counts", {}))
         self.reported_alarms = self.learner.alarms
+        self.reported_alarm_seq = self.learner.alarm_seq
         self.task = self.spec.task
         self.every_events = self.spec.checkpoint.every_events
 

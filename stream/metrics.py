@@ -155,9 +155,17 @@ class WorkerMetrics:
         )
         self.signal = Gauge(
             "livelearn_label_free_signal_metric",
-            "Label-free signals of the last finished monitor window, per shard: "
-            "prediction_shift, null_predictions, feature_shift, unseen_categories, "
-            "cardinality, feature_set (see the spec's monitor).",
+            "Label-free signals of the last finished monitor window, per shard: the score "
+            "(a z-score) of each signal's test nearest its threshold: prediction_shift, "
+            "prediction_collapse, null_predictions, feature_shift, feature_spread, "
+            "feature_set, category_shift (see the spec's monitor).",
+            ["model", "topic", "partition", "signal"],
+            registry=r,
+        )
+        self.signal_threshold = Gauge(
+            "livelearn_label_free_threshold_metric",
+            "The threshold of that test, from the monitor's false-alarm budget "
+            "(monitor.expected_events_between_false_alarms) and its warm-up.",
             ["model", "topic", "partition", "signal"],
             registry=r,
         )
@@ -165,6 +173,14 @@ class WorkerMetrics:
             "livelearn_label_free_alarms",
             "Monitor windows whose label-free signal passed its threshold.",
             ["model", "signal"],
+            registry=r,
+        )
+        self.alarm_time = Gauge(
+            "livelearn_label_free_alarm_timestamp_seconds",
+            "Unix time the worker reported a shard's last alarm of a signal, labelled with "
+            "what that alarm names: a feature, feature=category, or prediction=class. One "
+            "series per shard and signal (the last alarm's).",
+            ["model", "topic", "partition", "signal", "feature"],
             registry=r,
         )
         self.labels = Counter(

@@ -211,6 +211,52 @@ def test_drift_offsets_are_recorded_on_an_abrupt_change(make_spec: MakeSpec) -> 
     assert 11_500 < first < 11_700, stats["drift_offsets"]
 
 
+def test_a_model_that_improves_is_no_drift(make_spec: MakeSpec) -> None:
+    """Drift counts only when the error rises (one-sided): ADWIN also cuts its window when
+    the error falls, as here where the labels turn from coin flips to a learnable rule;
+    those cuts are not counted, and ADWIN's own detections are kept beside for contrast."""
+    rng = random.Random(4)
+    learner = Learner(make_spec(metrics=["Accuracy"]))
+    adwin_detections = 0
+    for offset in range(6000):
+        x = {"a": rng.uniform(-1, 1), "b": rng.uniform(-1, 1)}
+        y = x["a"] > 0 if offset >= 3000 else rng.random() < 0.5
+        learner.process(x, y, offset)
+        adwin_detections += learner._detector.drift_detected
+    assert adwin_detections >= 1
+    assert learner.stats()["drift_detections"] == 0
+    restored = pickle.loads(pickle.dumps(learner))
+    assert restored._drift_errors == learner._drift_errors
+    state = dict(learner.__dict__)
+    del state["_drift_errors"]  # a checkpoint from before: ADWIN's window is read back
+    older = Learner.__new__(Learner)
+    older.__setstate__(state)
+    assert older._drift_errors == [learner._detector.width, learner._detector.total, 0.0]
+
+
+def test_a_passing_burst_of_errors_is_no_drift_and_a_lasting_rise_is(make_spec: MakeSpec) -> None:
+    """ADWIN catches a burst of 40 wrong labels as a rise; the events after it do not
+    confirm it, so it is not counted. A rise of the label noise that lasts is counted, at
+    the offset where ADWIN detected it."""
+    for lasting in (False, True):
+        rng = random.Random(1)
+        learner = Learner(make_spec(metrics=["Accuracy"]))
+        adwin_detections = 0
+        for offset in range(6000):
+            x = {"a": rng.uniform(-1, 1), "b": rng.uniform(-1, 1)}
+            noise = 0.35 if lasting and offset >= 3000 else 0.1
+            wrong = rng.random() < noise or (not lasting and 3000 <= offset < 3040)
+            learner.process(x, (x["a"] > 0) != wrong, offset)
+            adwin_detections += learner._detector.drift_detected
+        assert adwin_detections >= 1
+        stats = learner.stats()
+        if lasting:
+            assert stats["drift_detections"] >= 1
+            assert 3000 < stats["drift_offsets"][0] < 3400, stats["drift_offsets"]
+        else:
+            assert stats["drift_detections"] == 0, stats["drift_offsets"]
+
+
 def test_regression_drift_is_watched_on_absolute_errors(make_spec: MakeSpec) -> None:
     rng = random.Random(3)
     learner = Learner(

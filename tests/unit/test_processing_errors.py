@@ -92,8 +92,10 @@ def test_half_updated_learners_are_rolled_back_and_the_events_dead_lettered(
     poisoned = {5, 6, 40, 41, 42, 99}  # alone and in runs, before and after checkpoints
     process = Learner.process
 
-    def applied_then_raises(self: Learner, features: Any, label: Any, offset: int) -> Any:
-        result = process(self, features, label, offset)
+    def applied_then_raises(
+        self: Learner, features: Any, label: Any, offset: int, ts_ms: int | None = None
+    ) -> Any:
+        result = process(self, features, label, offset, ts_ms)
         if offset in poisoned:
             raise RuntimeError(f"injected fault at offset {offset}")
         return result
