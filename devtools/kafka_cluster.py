@@ -182,6 +182,35 @@ class KafkaCluster:
             admin.close()
         raise StackError(f"{topic}/{partition} has no leader")
 
+    def wait_in_sync(self, timeout: float = 2 * stack.KAFKA_READY_TIMEOUT_S) -> None:
+        """Wait until every partition of every topic has all its replicas in sync: after a
+        broker comes back, before another may stop (as a rolling restart does)."""
+        deadline = time.monotonic() + timeout
+        lagging: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                admin = self._admin()
+                try:
+                    described = admin.describe_topics(admin.list_topics())
+                finally:
+                    admin.close()
+            except (KafkaError, OSError) as error:
+                lagging = [repr(error)]
+            else:
+                lagging = [
+                    f"{topic['name']}/{part['partition_index']}"
+                    for topic in described
+                    for part in topic["partitions"]
+                    if len(part["isr_nodes"]) < len(part["replica_nodes"])
+                ]
+                if not lagging:
+                    return
+            time.sleep(0.5)
+        raise StackError(
+            f"partitions of the Kafka cluster in {self.state_dir} still out of sync after "
+            f"{timeout:.0f} s: {', '.join(lagging[:10])}"
+        )
+
     def wait_for(self, brokers: int, timeout: float = 2 * stack.KAFKA_READY_TIMEOUT_S) -> None:
         """Wait until ``brokers`` nodes are in the cluster's metadata."""
         deadline = time.monotonic() + timeout

@@ -79,6 +79,29 @@ def wait_for(
         time.sleep(every)
 
 
+def free_port_run(length: int) -> int:
+    """The first of ``length`` consecutive ports free now (Kafka's controller takes the
+    port after its listener; a cluster's nodes take pairs in a row)."""
+    for _ in range(200):
+        socks: list[socket.socket] = []
+        try:
+            first = socket.socket()
+            socks.append(first)
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            for port in range(base + 1, base + length):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {length} consecutive free ports on 127.0.0.1")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -126,7 +126,7 @@ def test_a_worker_joining_takes_partitions_without_stopping_those_that_stay(
     held = owners_after.count(0)
     kafka = wait_for(
         lambda: (lines := _kafka_metrics(first)) and len(_queues(lines, topic)) == held and lines,
-        10,
+        30,
         f"the first worker's metrics to show its {held} partitions' fetch queues",
         context=lambda: "\n".join(_kafka_metrics(first)),
     )

@@ -8,8 +8,6 @@ partition is killed mid-stream and then a second broker.
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,14 @@ from livelearn.devtools.kafka_cluster import KafkaCluster
 from livelearn.settings import TopicSettings, server_list
 from livelearn.stream.app import ensure_topics
 from livelearn.stream.dlq import read_headers
-from tests.integration.conftest import encode, phishing_events, produce, read_all, wait_for
+from tests.integration.conftest import (
+    encode,
+    free_port_run,
+    phishing_events,
+    produce,
+    read_all,
+    wait_for,
+)
 from tests.integration.test_worker import assert_learned_as_rivers_loop
 
 pytestmark = pytest.mark.integration
@@ -31,29 +36,13 @@ REPO = Path(__file__).resolve().parents[2]
 BAD = b'{"id": "bad", "features": "not an object"}'
 
 
-def _free_run(length: int) -> int:
-    """The first of ``length`` consecutive free loopback ports."""
-    for _ in range(200):
-        base = random.randrange(30_000, 60_000, 2)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + length):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError(f"no {length} consecutive free ports found")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     kafka = KafkaCluster(
-        tmp_path_factory.mktemp("kafka-cluster"), _free_run(6), brokers=3, jars_from=REPO / ".stack"
+        tmp_path_factory.mktemp("kafka-cluster"),
+        free_port_run(6),
+        brokers=3,
+        jars_from=REPO / ".stack",
     )
     try:
         kafka.up()
@@ -129,6 +118,7 @@ def test_leader_killed_then_a_second_broker_every_event_learned_once_no_dead_let
         context=worker.tail,
     )
     cluster.start(first)
+    cluster.wait_in_sync()  # back in every partition's replicas before another broker goes
 
     second = cluster.leader(topic, 1)
     if second == first:

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     each_client,
     encode,
     free_port,
+    free_port_run,
     phishing_events,
     produce,
     wait_for,
@@ -57,7 +58,7 @@ class PrivateKafka:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.kafka_port, self.redis_port = free_port(), free_port()
+        self.kafka_port, self.redis_port = free_port_run(2), free_port()
         libs = REPO / ".stack" / "kafka" / "libs"
         if (libs / ".complete").is_file():  # the session's jars: no Maven run
             target = state_dir / "kafka" / "libs"
@@ -240,7 +241,10 @@ def test_a_fetch_process_that_stops_is_replaced_and_learning_resumes(make_topic,
     topic = make_topic(partitions=1)
     dep = deploy(
         topic,
-        settings={"outage": {"stall_timeout_s": 3, "timeout_s": 60}},
+        settings={
+            "kafka": {"client": "kafka-python"},  # the fetch process is kafka-python's
+            "outage": {"stall_timeout_s": 3, "timeout_s": 60},
+        },
         checkpoint={"every_events": 37, "every_seconds": 0.3},
     )
     events = phishing_events(n=1250)

@@ -388,10 +388,10 @@ def _hold_loads(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threa
     entered, release = threading.Event(), threading.Event()
     real = serving_loader.load_learner
 
-    def held(codec: SnapshotCodec, blob: bytes, pause_seconds: float = 0.0) -> Learner:
+    def held(codec: SnapshotCodec, blob: bytes, *args: Any, **kwargs: Any) -> Learner:
         entered.set()
         assert release.wait(30), "the test never released the reload"
-        return real(codec, blob, pause_seconds)
+        return real(codec, blob, *args, **kwargs)
 
     monkeypatch.setattr(serving_loader, "load_learner", held)
     return entered, release

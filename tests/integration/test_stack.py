@@ -13,7 +13,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from livelearn.devtools import stack
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, free_port_run
 
 if TYPE_CHECKING:
     from tests.conftest import Services
@@ -65,7 +65,7 @@ def running_stack(
         yield info, stack_dir
         return
     state_dir = tmp_path_factory.mktemp("stack")
-    port = _free_pair()
+    port = free_port_run(2)
     try:
         yield stack.up(state_dir, kafka_port=port, redis_port=free_port()), state_dir
     finally:
@@ -104,26 +104,12 @@ def test_status_and_down_of_an_empty_state_dir(tmp_path: Path) -> None:
     assert stack.down(tmp_path / "missing") == []
 
 
-def _free_pair() -> int:
-    """A port number free now, with the next one free too (Kafka's controller uses it)."""
-    for _ in range(100):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
-
-
 @pytest.mark.parametrize("service", ["kafka_port", "redis_port"], ids=["kafka", "redis"])
 def test_up_refuses_a_port_taken_by_another_process(tmp_path: Path, service: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        taken_port, free_port = taken.getsockname()[1], _free_pair()
+        taken_port, free_port = taken.getsockname()[1], free_port_run(2)
         # Kafka takes free_port and free_port + 1 (its controller); Redis the same number,
         # which up() never reaches: the taken port is refused first.
         ports = {"kafka_port": free_port, "redis_port": free_port}

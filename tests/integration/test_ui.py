@@ -44,6 +44,7 @@ def browser() -> Iterator[Any]:
 def test_the_status_page_shows_every_model_and_follows_its_checkpoints(
     make_topic, deploy, browser
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     # Prometheus' answer: nothing firing at first.
@@ -74,8 +75,13 @@ def test_the_status_page_shows_every_model_and_follows_its_checkpoints(
         card = f'section[data-model="{dep.model}"]'
 
         def learned() -> str:
-            found = browser.find_elements(By.CSS_SELECTOR, f"{card} .learned")
-            return found[0].text if found else ""
+            # The page redraws a card as each checkpoint comes: one found before a redraw
+            # is stale after it, and is looked for again on the next try.
+            try:
+                found = browser.find_elements(By.CSS_SELECTOR, f"{card} .learned")
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                return ""
 
         wait_for(lambda: "200" in learned(), 30, "the page to show the model", every=0.2)
         assert browser.find_element(By.CSS_SELECTOR, f"{card} canvas.quality").size["width"] > 100
