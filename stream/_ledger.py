@@ -126,7 +126,13 @@ class KafkaLedger:
         else:
             if self._admin is None:
                 self._admin = KafkaAdminClient(**self._config)
-            answer = self._admin.list_group_offsets({self._group: [tp]})
+            try:
+                answer = self._admin.list_group_offsets({self._group: [tp]})
+            except KafkaError:
+                # The next try starts afresh: this client may hold on to a coordinator
+                # that is gone (a broker that died), and would ask it again and again.
+                self.close()
+                raise
             found = answer.get(self._group, {})
         committed = found.get(tp)
         return self.codec.read(tp, None if committed is None else committed.metadata)
