@@ -55,7 +55,7 @@ class EventPath(Checkpointing):
                     else:
                         started = time.perf_counter()
                         learned = learn_event(shard, shard.learner, event, offset, timestamp)
-                        if learned:
+                        if learned is not False:
                             timed = True
                             self._metrics.learn_seconds.labels(shard.id.model).observe(
                                 time.perf_counter() - started
@@ -63,7 +63,7 @@ class EventPath(Checkpointing):
                 except Exception as exc:
                     self._processing_error(part, shard, rec, exc)
                     continue
-                if learned:
+                if learned is not False:
                     # What a rollback replays (`_roll_back`): the record, not the event
                     # decoded from it, which would keep every event's objects alive (and
                     # scanned by the garbage collector) until the next checkpoint.
@@ -158,7 +158,8 @@ def learn_event(shard: Shard, learner: Learner, event: Event, offset: int, times
     -------
     Any
         False when the event is nothing to this shard (a label for another model of the
-        topic), the label's delay in seconds for a joined label, True otherwise.
+        topic), the label's delay in seconds for a joined label (0.0 included: test with
+        ``is not False``), True otherwise.
 
     Raises
     ------

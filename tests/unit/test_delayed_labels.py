@@ -245,3 +245,41 @@ def test_the_worker_joins_late_labels_exactly_once_across_a_crash(crash_after: i
     # The inline model on the same topic scores the prediction events and skips the labels.
     inline = load_learner(SnapshotCodec(b"k" * 32), store.rows[ShardId("inline", "t", 0)].blob)
     assert inline.stats()["events_scored"] == 500 and inline.stats()["events_learned"] == 0
+
+
+def test_a_label_joined_with_no_delay_is_kept_for_a_rollback() -> None:
+    """A label whose event time equals its prediction's joins with a delay of 0.0: it is
+    learned, so a rollback must replay it like any other step."""
+    from livelearn.settings import Settings
+    from livelearn.stream.metrics import WorkerMetrics
+    from livelearn.stream.worker import Partition, Worker
+    from tests.unit.test_worker_loop import FakeConsumer, FakeDlq, FakeStore, Record, _run
+
+    late = _spec().model_dump(by_alias=True, exclude_none=True)
+    late["checkpoint"] = {"every_events": 1000, "every_seconds": 3600}
+    ts = 1_700_000_000_000
+    values = [
+        {"id": "a", "ts": ts, "features": {"x": 1.0}},
+        {"id": "a", "ts": ts, "label": True},  # joined with a delay of 0.0 s
+    ]
+    records = [Record("t", 0, i, None, orjson.dumps(v), ts) for i, v in enumerate(values)]
+    steps: list[int] = []
+
+    def on_batch(part: Partition, batch: list[Any]) -> None:
+        steps.append(len(part.shards[0].since_base))
+
+    ref: list[Worker] = []
+    consumer = FakeConsumer(ref)
+    worker = Worker(
+        Settings(models=[late]),
+        consumer,
+        FakeStore(),
+        FakeDlq(),
+        SnapshotCodec(b"k" * 32),
+        b"h" * 32,
+        WorkerMetrics(),
+        on_batch=on_batch,
+    )
+    ref.append(worker)
+    _run(worker, consumer, [records])
+    assert steps == [2]  # the prediction kept, and the join
