@@ -9,12 +9,14 @@ with two workers and the API serving, and refuses nothing.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -168,10 +170,17 @@ def test_two_shards_blobs_swapped_are_both_refused(
 
 
 def _lookup(dep: Deployment, registry: CollectorRegistry, **security: Any) -> Lookup:
-    settings = load_settings(
-        dep.config_path,
-        security={"snapshot_key": SNAPSHOT_KEY, "hash_key": "h" * 32, **security},
-    )
+    # The session's services, as the deployment's processes get them (not every session
+    # has them in its own environment: testcontainers' ports are the fixtures').
+    services = {
+        name: dep.env[name]
+        for name in ("LIVELEARN_KAFKA__BOOTSTRAP_SERVERS", "LIVELEARN_REDIS__URL")
+    }
+    with mock.patch.dict(os.environ, services):
+        settings = load_settings(
+            dep.config_path,
+            security={"snapshot_key": SNAPSHOT_KEY, "hash_key": "h" * 32, **security},
+        )
     lookup = Lookup(settings, metrics=ServingMetrics(registry))
     lookup.start()
     return lookup
