@@ -475,8 +475,7 @@ class Learner:
     def _forget_rolled(self, window: collections.deque[tuple[Any, Any]]) -> None:
         """A window doubled since the rolled metrics were read: keep its last inputs only,
         and rebuild the metrics from them when next read (as many inputs as changed)."""
-        for _ in range(len(window) - self.spec.rolling_window):
-            window.popleft()
+        _keep_last(window, self.spec.rolling_window)
         self._rolled = None
 
     def _rolling_metrics(self) -> list[Any]:
@@ -497,14 +496,12 @@ class Learner:
                 rolled = None
             else:
                 for window in windows:
-                    for _ in range(len(window) - size):
-                        window.popleft()
+                    _keep_last(window, size)
                 self._rolled_inputs = (len(windows[0]), len(windows[1]))
                 return rolled
         fresh = self.spec.build_metrics()
         for window in windows:
-            for _ in range(len(window) - size):
-                window.popleft()
+            _keep_last(window, size)
         for metric, wants_proba in zip(fresh, self._wants_proba, strict=True):
             for y_true, y_pred in windows[wants_proba]:
                 metric.update(y_true, y_pred)
@@ -569,6 +566,12 @@ class Learner:
                 gap = progressive - holdout
                 gaps[name] = gap if held.bigger_is_better else -gap
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
+
+
+def _keep_last(window: collections.deque[tuple[Any, Any]], size: int) -> None:
+    """Drop the oldest inputs of ``window`` beyond its last ``size``."""
+    for _ in range(len(window) - size):
+        window.popleft()
 
 
 def _error_window(detector: Any) -> list[float] | None:
