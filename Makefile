@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON ?= python3
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock test lint format stack-up stack-down stack-status run serve bench images
+.PHONY: install lock test lint format stack-up stack-down stack-status run serve bench soak images
 
 install: $(VENV)/.installed
 
@@ -80,6 +80,11 @@ $(BENCH_VENV)/.installed: pyproject.toml uv.lock $(UV)
 # `make bench ARGS="worker --rounds 1 --events 20000"` for a quick run (bench/__main__.py).
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m bench $(ARGS)
+
+# A million events through one worker while the API answers, and the memory of both over
+# time: prints the verdict and draws soak/soak.png (bench/soak.py; ARGS as for bench).
+soak: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench soak $(ARGS)
 
 # The container images docker-compose.yml uses: pulled, or built as local stand-ins where
 # no registry answers (devtools/images.py; root and debootstrap needed for the base).

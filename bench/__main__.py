@@ -1,8 +1,8 @@
 """``python -m bench [NAME [ARGS...]]``: run the benchmarks (``make bench ARGS="..."``).
 
-``python -m bench`` runs every benchmark in one process, one after the other, each with
-its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
-worker, replay, lookup, api, api-load, shards, snapshot and monitor, with its own
+``python -m bench`` runs every benchmark but the soak in one process, one after the
+other, each with its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
+worker, replay, lookup, api, api-load, shards, snapshot, monitor and soak, with its own
 arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
@@ -24,6 +24,7 @@ from bench import (
     bench_shards,
     bench_snapshot,
     bench_worker,
+    soak,
 )
 
 
@@ -62,7 +63,10 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "shards": bench_shards.main,
     "snapshot": bench_snapshot.main,
     "monitor": bench_monitor.main,
+    "soak": soak.main,
 }
+# Run only when named: the soak takes minutes and has its own target, `make soak`.
+ALONE = {"soak"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -75,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     args = parser.parse_args(argv)
     if args.name is None:
-        for run in BENCHMARKS.values():
-            run([])
+        for name, run in BENCHMARKS.items():
+            if name not in ALONE:
+                run([])
     else:
         BENCHMARKS[args.name](args.args)
 
