@@ -5,7 +5,16 @@ The page is plain HTML and JavaScript served by the API (nothing from outside: n
 The HTML holds no data; the script asks for the API token once (kept in the tab's
 sessionStorage) and reads ``GET /v1/ui/status`` with it every few seconds, so the data is
 behind the same auth as every ``/v1`` route. ``StatusBoard`` builds that answer from the
-served states and keeps a short history per model: one point per new checkpoint seen.
+served states, and each model's history from its timeline in Redis (`store.timeline`): one
+point per checkpoint written, so an API that restarts, and every replica, shows the same.
+It reads only the entries newer than the last it holds.
+
+A point combines the model's shards as the page does for the served state: each shard as
+of its last entry up to that one, the rolling metric weighted by events learned, drift
+counts summed, and for each label-free signal the shard whose value is furthest past its
+threshold (as a share of it). Its time is when the checkpoint was written (Redis' clock):
+it never goes back, even when a topic's event times do; the event time of the checkpoint's
+last event is shown beside it.
 """
 
 from __future__ import annotations
@@ -19,11 +28,17 @@ from typing import Any
 
 from livelearn.learners import combine_metrics
 from livelearn.serving.alerts import AlertsView, FiringAlert
+from livelearn.store.timeline import TimelineEntry, TimelineRead
 
 __all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
 
-# Points of history kept per model, one per checkpoint the API loads.
+# Points of history kept per model, one per checkpoint in its timeline.
 _HISTORY = 720
+# Entries read before those shown when the history is read afresh, so that every shard's
+# state is known by the first point shown (as for an API that read them as they came).
+_WARM = 280
+# The most entries one poll reads; a model that wrote more since catches up on the next.
+_READ = 1000
 # How far back an alarm or a drift detection still shows as firing.
 _FIRING_S = 600.0
 # A model whose newest checkpoint is older than this is reported stale.
@@ -46,13 +61,15 @@ class StatusBoard:
         describe: Callable[[str], dict[str, Any]],
         clock: Callable[[], float] = time.time,
         alerts: Callable[[], AlertsView] | None = None,
+        *,
+        timeline: Callable[[str, str | None, int], TimelineRead],
     ) -> None:
         self._models = models
         self._describe = describe
         self._clock = clock
         self._alerts = alerts
-        self._history: dict[str, collections.deque[dict[str, Any]]] = {}
-        self._last_seen: dict[str, tuple[Any, ...]] = {}
+        self._timeline = timeline
+        self._history: dict[str, _History] = {}
         # When each model's alarm and drift counts last grew: (count, time) by name.
         self._grew: dict[str, dict[str, tuple[float, float]]] = {}
 
@@ -81,26 +98,15 @@ class StatusBoard:
         shards = described["shards"]
         primary = next(iter(_first(shards, "metrics")), None)
         rolling_metrics = _weighted_all(shards, "rolling_metrics")
-        rolling = rolling_metrics.get(primary) if primary is not None else None
         signals = _signals(shards)
         counts = {
             "drift": float(sum(s["drift_detections"] for s in shards)),
             **{f"alarm:{k}": float(v) for k, v in _alarms(shards).items()},
         }
-        marker = tuple((s["topic"], s["partition"], s["next_offset"]) for s in shards)
-        history = self._history.setdefault(name, collections.deque(maxlen=_HISTORY))
-        if shards and marker != self._last_seen.get(name):
-            self._last_seen[name] = marker
-            history.append(
-                {
-                    "t": max(s["updated_at"] for s in shards),
-                    "events_learned": described["events_learned"],
-                    "rolling": rolling,
-                    "drift": counts["drift"],
-                    "prediction_shift": signals.get("prediction_shift"),
-                    "feature_shift": signals.get("feature_shift"),
-                }
-            )
+        history = self._history.get(name)
+        if history is None:
+            history = self._history[name] = _History()
+        history.follow(lambda after, count: self._timeline(name, after, count))
         grew = self._grew.setdefault(name, {})
         for key, count in counts.items():
             before = grew.get(key)
@@ -133,8 +139,89 @@ class StatusBoard:
             ),
             "labels": labels,
             "firing": sorted(firing),
-            "history": list(history),
+            "history": list(history.points),
         }
+
+
+class _History:
+    """A model's history as its timeline holds it: one point per entry, oldest first."""
+
+    def __init__(self) -> None:
+        self.points: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY)
+        self._last: str | None = None  # the id of the newest entry read
+        self._shards: dict[tuple[str, int], TimelineEntry] = {}
+
+    def _clear(self) -> None:
+        self.points.clear()
+        self._last = None
+        self._shards.clear()
+
+    def follow(self, read: Callable[[str | None, int], TimelineRead]) -> None:
+        """Add the entries written since the last read. A timeline deleted (a model reset),
+        or trimmed past the newest entry read, is read afresh."""
+        found = read(self._last, _READ if self._last else _HISTORY + _WARM)
+        if self._last is not None and (
+            found.first_id is None or _order(found.first_id) > _order(self._last)
+        ):
+            self._clear()
+            found = read(None, _HISTORY + _WARM)
+        for entry in found.entries:
+            self._add(entry)
+
+    def _add(self, entry: TimelineEntry) -> None:
+        self._last = entry.id
+        self._shards[entry.topic, entry.partition] = entry
+        shards = list(self._shards.values())
+        primary = next(iter(entry.rolling_metrics), None)
+        rolling = combine_metrics([(s.rolling_metrics, s.events_learned) for s in shards])
+        where = f"{entry.topic}/{entry.partition}"
+        self.points.append(
+            {
+                "id": entry.id,
+                "t": entry.t,
+                "event_ms": entry.event_ms,
+                "shard": where,
+                "next_offset": entry.next_offset,
+                "version": entry.version,
+                "events_learned": sum(s.events_learned for s in shards),
+                "rolling": rolling.get(primary) if primary is not None else None,
+                "drift": sum(s.drift_detections for s in shards),
+                "drift_offsets": entry.drift_offsets,
+                "signals": _worst_signals(shards),
+                "alarms": [
+                    {**a, "shard": f"{entry.topic}/{entry.partition}"} for a in entry.alarms
+                ],
+            }
+        )
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a pair that sorts as Redis orders the ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _worst_signals(shards: list[TimelineEntry]) -> dict[str, dict[str, Any]]:
+    """Each label-free signal's value and threshold in the shard where it is furthest past
+    its threshold, as a share of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        monitor = shard.monitor or {}
+        thresholds = monitor.get("thresholds") or {}
+        for signal, value in (monitor.get("signals") or {}).items():
+            threshold = thresholds.get(signal)
+            if value is None or not threshold:
+                continue
+            ratio = value / threshold
+            if signal not in out or ratio > out[signal]["ratio"]:
+                out[signal] = {
+                    "value": value,
+                    "threshold": threshold,
+                    "ratio": ratio,
+                    "responsible": (monitor.get("responsible") or {}).get(signal),
+                    "shard": f"{shard.topic}/{shard.partition}",
+                }
+    return out
 
 
 def _where(alert: FiringAlert) -> str:

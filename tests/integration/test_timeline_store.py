@@ -7,7 +7,9 @@ import pytest
 import redis
 
 from livelearn import StaleEpochError, VersionConflict
+from livelearn.serving.ui import StatusBoard
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.store.timeline import TimelineRead
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +104,84 @@ def test_deleting_a_model_deletes_its_timeline_and_no_other(
     read = store.timeline("m", None, 10)
     assert read.entries == [] and read.first_id is None
     assert len(store.timeline("other", None, 10).entries) == 1
+
+
+def _board(store: RedisCheckpointStore, reads: list[str | None]) -> StatusBoard:
+    """The status page's board over the store's timeline; ``reads`` lists each read's
+    ``after``."""
+
+    def timeline(model: str, after: str | None, count: int) -> TimelineRead:
+        reads.append(after)
+        return store.timeline(model, after, count)
+
+    def describe(model: str) -> dict:
+        return {
+            "shards": [],
+            "task": "binary",
+            "release": None,
+            "freshness_seconds": None,
+            "events_learned": 0,
+        }
+
+    return StatusBoard(lambda: ["m"], describe, timeline=timeline)
+
+
+def _history(board: StatusBoard) -> list[dict]:
+    return board.status()["models"][0]["history"]
+
+
+def test_the_page_history_is_the_timeline_the_same_after_a_restart_and_on_every_replica(
+    store,
+) -> None:
+    shards = [ShardId("m", "t", p) for p in (0, 1)]
+    epochs = {s: store.claim(s)[0] for s in shards}
+
+    def save(shard: ShardId, version: int, accuracy: float, alarms=None) -> None:
+        stats = {
+            "events_learned": 100 * version,
+            "rolling_metrics": {"accuracy": accuracy},
+            "drift_detections": version // 3,
+            "drift_offsets": [],
+            "monitor": {
+                "signals": {"feature_set": 2.0 * version},
+                "thresholds": {"feature_set": 4.0},
+                "responsible": {"feature_set": "hvalue"},
+                "alarm_log": alarms or [],
+            },
+        }
+        store.save(shard, epochs[shard], b"x", 100 * version, stats, version, since=-1)
+
+    first_reads: list[str | None] = []
+    first = _board(store, first_reads)
+    assert _history(first) == []
+    save(shards[0], 1, 0.5)
+    save(shards[1], 1, 0.7)
+    save(shards[0], 2, 0.9, [ALARM])
+    seen = _history(first)
+    # Each point combines the shards as of its entry: the rolling metric weighted by events.
+    assert [p["events_learned"] for p in seen] == [100, 200, 300]
+    assert [round(p["rolling"], 4) for p in seen] == [
+        0.5,
+        0.6,
+        round((0.9 * 200 + 0.7 * 100) / 300, 4),
+    ]
+    assert seen[2]["alarms"] == [{**ALARM, "shard": "t/0"}]
+    worst = seen[2]["signals"]["feature_set"]
+    assert (worst["value"], worst["threshold"], worst["shard"]) == (4.0, 4.0, "t/0")
+    assert seen[0]["t"] <= seen[1]["t"] <= seen[2]["t"]
+
+    # Once it holds entries, a poll reads only after the newest of them.
+    assert _history(first) == seen
+    assert first_reads == [None, None, seen[-1]["id"]]
+
+    # An API started now (a restart, another replica) shows the same history.
+    assert _history(_board(store, [])) == seen
+    save(shards[1], 2, 0.8)
+    assert _history(first) == _history(_board(store, [])) and len(_history(first)) == 4
+
+    # A model reset deletes the timeline: the page starts again from what comes after.
+    store.delete_model("m")
+    assert _history(first) == []
+    epochs = {s: store.claim(s)[0] for s in shards}
+    save(shards[0], 5, 0.6)
+    assert [p["version"] for p in _history(first)] == [5]
