@@ -282,7 +282,8 @@ PAGE = """<!doctype html>
   .alert { display: inline-block; background: #c0392b; color: #fff; border-radius: 4px;
            padding: 0 .4rem; margin-right: .3rem; }
   .ok { color: #1e8449; }
-  canvas { width: 100%; max-width: 900px; height: 180px; display: block; }
+  canvas { width: 100%; max-width: 900px; height: 300px; display: block; }
+  .alarm-list { font-size: .8rem; color: #a04000; margin: .4rem 0 0; padding-left: 1.2rem; }
   .bars div { display: flex; align-items: center; gap: .5rem; font-size: .85rem; }
   .bars b { display: inline-block; height: .7rem; background: #2e86c1; }
   #login { display: none; }
@@ -326,36 +327,106 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The history's x axis is the time each checkpoint was written (Redis' clock, p.t): it
+// never goes back, even when a topic's event times do; a point's event time is in its
+// hover text. Top: the rolling primary metric, drift detections as red lines. Bottom: each
+// label-free signal as a share of its threshold, the threshold the dashed line at 1.
+// Alarms are marked on both (orange), explained in the hover text and the list below.
+const SIGNAL_COLORS = ["#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c0392b", "#27ae60", "#7f8c8d"];
+
+function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+
+function explain(a) {
+  const what = a.feature === null || a.feature === undefined ? "" : " on " + a.feature +
+    (a.category === null || a.category === undefined ? "" : " (" + a.category + ")");
+  const when = a.first_event_ms === null ? "" : ", event times " +
+    new Date(a.first_event_ms).toISOString() + " to " + new Date(a.last_event_ms).toISOString();
+  return a.signal + what + ": " + fmt(a.value, 3) + " over its threshold " + fmt(a.threshold, 3) +
+    ", window of offsets " + a.first_offset + "-" + a.last_offset + when +
+    " (shard " + a.shard + ")";
+}
+
 function chart(canvas, points, primary) {
   const ctx = canvas.getContext("2d");
-  const w = canvas.width = canvas.clientWidth * devicePixelRatio;
-  const h = canvas.height = canvas.clientHeight * devicePixelRatio;
+  const r = devicePixelRatio;
+  const w = canvas.width = canvas.clientWidth * r;
+  const h = canvas.height = canvas.clientHeight * r;
   ctx.clearRect(0, 0, w, h);
-  const xs = points.map((p) => p.t), ys = points.map((p) => p.rolling);
-  const valid = ys.filter((y) => y !== null);
-  ctx.fillStyle = "#667"; ctx.font = (12 * devicePixelRatio) + "px sans-serif";
-  if (valid.length < 1) { ctx.fillText("no quality figures yet", 10, h / 2); return; }
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  let y0 = Math.min(...valid), y1 = Math.max(...valid);
+  ctx.fillStyle = "#667"; ctx.font = (11 * r) + "px sans-serif";
+  if (points.length < 1) { ctx.fillText("no checkpoint in the timeline yet", 10, h / 2); return; }
+  const x0 = points[0].t, x1 = Math.max(points[points.length - 1].t, x0 + 1);
+  const left = 44 * r, right = w - 8 * r;
+  const px = (x) => left + (x - x0) / (x1 - x0) * (right - left);
+  const top = [14 * r, h * 0.55], bottom = [h * 0.55 + 14 * r, h - 18 * r];
+  const ys = points.map((p) => p.rolling).filter((y) => y !== null);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (!ys.length) { y0 = 0; y1 = 1; }
   if (y1 - y0 < 1e-6) { y0 -= 0.05; y1 += 0.05; }
-  const px = (x) => 40 * devicePixelRatio + (x - x0) / (x1 - x0) * (w - 50 * devicePixelRatio);
-  const py = (y) => h - 20 * devicePixelRatio - (y - y0) / (y1 - y0) * (h - 30 * devicePixelRatio);
-  ctx.fillText(fmt(y1, 3), 2, py(y1) + 4); ctx.fillText(fmt(y0, 3), 2, py(y0));
-  ctx.fillText("rolling " + (primary || ""), 44 * devicePixelRatio, 12 * devicePixelRatio);
-  points.forEach((p, i) => {  // drift detections between two points: a red mark
-    if (i > 0 && p.drift > points[i - 1].drift) {
-      ctx.strokeStyle = "rgba(192,57,43,.6)";
-      ctx.beginPath(); ctx.moveTo(px(p.t), 0); ctx.lineTo(px(p.t), h); ctx.stroke();
-    }
+  const py = (y) => top[1] - (y - y0) / (y1 - y0) * (top[1] - top[0]);
+  const ratios = points.flatMap((p) => Object.values(p.signals).map((s) => s.ratio));
+  const r1 = Math.min(3, Math.max(1.2, ...ratios));  // clipped: a change from a constant is huge
+  const pr = (v) => bottom[1] - Math.min(v, r1) / r1 * (bottom[1] - bottom[0]);
+  // Axes, ticks in wall time.
+  ctx.fillText("rolling " + (primary || ""), left, 10 * r);
+  ctx.fillText(fmt(y1, 3), 2, py(y1) + 4 * r); ctx.fillText(fmt(y0, 3), 2, py(y0));
+  ctx.fillText("signal / threshold", left, bottom[0] - 3 * r);
+  for (let i = 0; i <= 4; i++) {
+    const t = x0 + (x1 - x0) * i / 4;
+    ctx.fillText(clock(t), Math.min(px(t), right - 60 * r), h - 4 * r);
+  }
+  ctx.setLineDash([4 * r, 3 * r]); ctx.strokeStyle = "#c0392b"; ctx.lineWidth = r;
+  ctx.beginPath(); ctx.moveTo(left, pr(1)); ctx.lineTo(right, pr(1)); ctx.stroke();
+  ctx.setLineDash([]); ctx.fillText("threshold", right - 55 * r, pr(1) - 3 * r);
+  const mark = (t, color) => {
+    ctx.strokeStyle = color; ctx.beginPath();
+    ctx.moveTo(px(t), top[0]); ctx.lineTo(px(t), bottom[1]);
+    ctx.stroke();
+  };
+  points.forEach((p, i) => {
+    if (i > 0 && p.drift > points[i - 1].drift) mark(p.t, "rgba(192,57,43,.6)");
+    if (p.alarms.length) mark(p.t, "rgba(230,126,34,.9)");
   });
-  ctx.strokeStyle = "#2e86c1"; ctx.lineWidth = 2 * devicePixelRatio; ctx.beginPath();
-  let started = false;
-  points.forEach((p) => {
-    if (p.rolling === null) return;
-    if (started) ctx.lineTo(px(p.t), py(p.rolling)); else ctx.moveTo(px(p.t), py(p.rolling));
-    started = true;
+  const line = (value, scale, color) => {
+    ctx.strokeStyle = color; ctx.lineWidth = 2 * r; ctx.beginPath();
+    let started = false;
+    points.forEach((p) => {
+      const v = value(p);
+      if (v === null || v === undefined) { started = false; return; }
+      if (started) ctx.lineTo(px(p.t), scale(v)); else ctx.moveTo(px(p.t), scale(v));
+      started = true;
+    });
+    ctx.stroke();
+  };
+  line((p) => p.rolling, py, "#2e86c1");
+  const names = [...new Set(points.flatMap((p) => Object.keys(p.signals)))].sort();
+  names.forEach((name, i) => {
+    const color = SIGNAL_COLORS[i % SIGNAL_COLORS.length];
+    line((p) => (p.signals[name] || {}).ratio, pr, color);
+    ctx.fillStyle = color; ctx.fillText(name, left + 140 * r + i * 110 * r, bottom[0] - 3 * r);
   });
-  ctx.stroke();
+  canvas.onmousemove = (e) => {
+    const box = canvas.getBoundingClientRect();
+    const x = (e.clientX - box.left) * r;
+    const p = points.reduce((a, b) => Math.abs(px(b.t) - x) < Math.abs(px(a.t) - x) ? b : a);
+    const signals = Object.entries(p.signals).map(([k, s]) =>
+      k + " " + fmt(s.value, 3) + " / " + fmt(s.threshold, 3) +
+      (s.responsible ? " (" + s.responsible + ")" : ""));
+    canvas.title = [
+      "checkpoint written " + clock(p.t) + " · shard " + p.shard + " v" + p.version +
+        " · next offset " + p.next_offset,
+      "event time " + (p.event_ms === null ? "-" : new Date(p.event_ms).toISOString()),
+      "rolling " + (primary || "") + " " + fmt(p.rolling) + " · drift detections " + p.drift,
+      ...signals, ...p.alarms.map((a) => "ALARM " + explain(a)),
+    ].join("\\n");
+  };
+}
+
+function alarmList(points) {
+  const list = el("ul", {"class": "alarm-list"});
+  points.filter((p) => p.alarms.length).slice(-10).reverse().forEach((p) => {
+    p.alarms.forEach((a) => list.append(el("li", {}, clock(p.t) + " " + explain(a))));
+  });
+  return list;
 }
 
 function render(status) {
@@ -404,6 +475,7 @@ function render(status) {
                      el("span", {}, fmt(value, 3))));
     });
     card.append(bars);
+    card.append(alarmList(m.history));
     root.append(card);
     chart(canvas, m.history, m.primary_metric);
   });

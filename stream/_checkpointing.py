@@ -79,8 +79,11 @@ class Checkpointing(Reporting):
                 return False
         started = time.perf_counter()
         stats = shard.learner.stats()  # first: it trims the rolling windows the blob holds
+        event_ms = _last_event_ms(part, shard)
+        if event_ms is None:
+            event_ms = shard.last_event_ms
         try:
-            blob, version = self._save(shard, stats, _last_event_ms(part, shard))
+            blob, version = self._save(shard, stats, event_ms)
         except ServiceUnavailable as exc:
             self._store_failed(exc)
             return False
@@ -111,6 +114,7 @@ class Checkpointing(Reporting):
         shard.base_blob = blob
         shard.since_base.clear()
         shard.checkpointed_offset = shard.next_offset
+        shard.last_event_ms = event_ms
         shard.based_on = (shard.epoch, version)
         shard.version = version
         self._versions_seen[shard.id] = version
