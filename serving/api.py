@@ -412,7 +412,10 @@ def create_app(
 
     alerts = PrometheusAlerts(serving.alerts_url) if serving.alerts_url else None
     board = StatusBoard(
-        lookup.models, lookup.describe, alerts=alerts.current if alerts is not None else None
+        lookup.models,
+        lookup.describe,
+        alerts=alerts.current if alerts is not None else None,
+        timeline=lookup.timeline,
     )
 
     @app.get("/ui", include_in_schema=False)

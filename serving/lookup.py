@@ -48,6 +48,7 @@ from livelearn.serving.metrics import ServingMetrics
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import RedisCheckpointStore
 from livelearn.store.releases import ReleaseStore
+from livelearn.store.timeline import TimelineRead
 
 __all__ = ["Lookup", "Prediction"]
 
@@ -127,7 +128,7 @@ class Lookup:
         self._own_client = client is None
         self._client = client if client is not None else _client_from(settings)
         prefix = settings.redis.key_prefix
-        store = RedisCheckpointStore(self._client, prefix)
+        store = self._store = RedisCheckpointStore(self._client, prefix)
         self._releases = ReleaseStore(
             self._client,
             store,
@@ -281,6 +282,13 @@ class Lookup:
     def models(self) -> list[str]:
         """The served models' names."""
         return list(self._states)
+
+    def timeline(self, model: str, after: str | None, count: int) -> TimelineRead:
+        """``model``'s timeline from Redis (`RedisCheckpointStore.timeline`): its entries
+        after the id ``after`` (its newest when None), at most ``count``, oldest first."""
+        if model not in self._states:
+            raise UnknownModel(model, self.models())
+        return self._store.timeline(model, after, count)
 
     def describe(self, model: str) -> dict[str, Any]:
         """The served state of ``model`` as JSON-ready data (no Redis round trip).

@@ -5,7 +5,16 @@ The page is plain HTML and JavaScript served by the API (nothing from outside: n
 The HTML holds no data; the script asks for the API token once (kept in the tab's
 sessionStorage) and reads ``GET /v1/ui/status`` with it every few seconds, so the data is
 behind the same auth as every ``/v1`` route. ``StatusBoard`` builds that answer from the
-served states and keeps a short history per model: one point per new checkpoint seen.
+served states, and each model's history from its timeline in Redis (`store.timeline`): one
+point per checkpoint written, so an API that restarts, and every replica, shows the same.
+It reads only the entries newer than the last it holds.
+
+A point combines the model's shards as the page does for the served state: each shard as
+of its last entry up to that one, the rolling metric weighted by events learned, drift
+counts summed, and for each label-free signal the shard whose value is furthest past its
+threshold (as a share of it). Its time is when the checkpoint was written (Redis' clock):
+it never goes back, even when a topic's event times do; the event time of the checkpoint's
+last event is shown beside it.
 """
 
 from __future__ import annotations
@@ -19,11 +28,17 @@ from typing import Any
 
 from livelearn.learners import combine_metrics
 from livelearn.serving.alerts import AlertsView, FiringAlert
+from livelearn.store.timeline import TimelineEntry, TimelineRead
 
 __all__ = ["PAGE", "PAGE_POLICY", "StatusBoard"]
 
-# Points of history kept per model, one per checkpoint the API loads.
+# Points of history kept per model, one per checkpoint in its timeline.
 _HISTORY = 720
+# Entries read before those shown when the history is read afresh, so that every shard's
+# state is known by the first point shown (as for an API that read them as they came).
+_WARM = 280
+# The most entries one poll reads; a model that wrote more since catches up on the next.
+_READ = 1000
 # How far back an alarm or a drift detection still shows as firing.
 _FIRING_S = 600.0
 # A model whose newest checkpoint is older than this is reported stale.
@@ -46,13 +61,15 @@ class StatusBoard:
         describe: Callable[[str], dict[str, Any]],
         clock: Callable[[], float] = time.time,
         alerts: Callable[[], AlertsView] | None = None,
+        *,
+        timeline: Callable[[str, str | None, int], TimelineRead],
     ) -> None:
         self._models = models
         self._describe = describe
         self._clock = clock
         self._alerts = alerts
-        self._history: dict[str, collections.deque[dict[str, Any]]] = {}
-        self._last_seen: dict[str, tuple[Any, ...]] = {}
+        self._timeline = timeline
+        self._history: dict[str, _History] = {}
         # When each model's alarm and drift counts last grew: (count, time) by name.
         self._grew: dict[str, dict[str, tuple[float, float]]] = {}
 
@@ -81,26 +98,15 @@ class StatusBoard:
         shards = described["shards"]
         primary = next(iter(_first(shards, "metrics")), None)
         rolling_metrics = _weighted_all(shards, "rolling_metrics")
-        rolling = rolling_metrics.get(primary) if primary is not None else None
         signals = _signals(shards)
         counts = {
             "drift": float(sum(s["drift_detections"] for s in shards)),
             **{f"alarm:{k}": float(v) for k, v in _alarms(shards).items()},
         }
-        marker = tuple((s["topic"], s["partition"], s["next_offset"]) for s in shards)
-        history = self._history.setdefault(name, collections.deque(maxlen=_HISTORY))
-        if shards and marker != self._last_seen.get(name):
-            self._last_seen[name] = marker
-            history.append(
-                {
-                    "t": max(s["updated_at"] for s in shards),
-                    "events_learned": described["events_learned"],
-                    "rolling": rolling,
-                    "drift": counts["drift"],
-                    "prediction_shift": signals.get("prediction_shift"),
-                    "feature_shift": signals.get("feature_shift"),
-                }
-            )
+        history = self._history.get(name)
+        if history is None:
+            history = self._history[name] = _History()
+        history.follow(lambda after, count: self._timeline(name, after, count))
         grew = self._grew.setdefault(name, {})
         for key, count in counts.items():
             before = grew.get(key)
@@ -133,8 +139,89 @@ class StatusBoard:
             ),
             "labels": labels,
             "firing": sorted(firing),
-            "history": list(history),
+            "history": list(history.points),
         }
+
+
+class _History:
+    """A model's history as its timeline holds it: one point per entry, oldest first."""
+
+    def __init__(self) -> None:
+        self.points: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY)
+        self._last: str | None = None  # the id of the newest entry read
+        self._shards: dict[tuple[str, int], TimelineEntry] = {}
+
+    def _clear(self) -> None:
+        self.points.clear()
+        self._last = None
+        self._shards.clear()
+
+    def follow(self, read: Callable[[str | None, int], TimelineRead]) -> None:
+        """Add the entries written since the last read. A timeline deleted (a model reset),
+        or trimmed past the newest entry read, is read afresh."""
+        found = read(self._last, _READ if self._last else _HISTORY + _WARM)
+        if self._last is not None and (
+            found.first_id is None or _order(found.first_id) > _order(self._last)
+        ):
+            self._clear()
+            found = read(None, _HISTORY + _WARM)
+        for entry in found.entries:
+            self._add(entry)
+
+    def _add(self, entry: TimelineEntry) -> None:
+        self._last = entry.id
+        self._shards[entry.topic, entry.partition] = entry
+        shards = list(self._shards.values())
+        primary = next(iter(entry.rolling_metrics), None)
+        rolling = combine_metrics([(s.rolling_metrics, s.events_learned) for s in shards])
+        where = f"{entry.topic}/{entry.partition}"
+        self.points.append(
+            {
+                "id": entry.id,
+                "t": entry.t,
+                "event_ms": entry.event_ms,
+                "shard": where,
+                "next_offset": entry.next_offset,
+                "version": entry.version,
+                "events_learned": sum(s.events_learned for s in shards),
+                "rolling": rolling.get(primary) if primary is not None else None,
+                "drift": sum(s.drift_detections for s in shards),
+                "drift_offsets": entry.drift_offsets,
+                "signals": _worst_signals(shards),
+                "alarms": [
+                    {**a, "shard": f"{entry.topic}/{entry.partition}"} for a in entry.alarms
+                ],
+            }
+        )
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a pair that sorts as Redis orders the ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _worst_signals(shards: list[TimelineEntry]) -> dict[str, dict[str, Any]]:
+    """Each label-free signal's value and threshold in the shard where it is furthest past
+    its threshold, as a share of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        monitor = shard.monitor or {}
+        thresholds = monitor.get("thresholds") or {}
+        for signal, value in (monitor.get("signals") or {}).items():
+            threshold = thresholds.get(signal)
+            if value is None or not threshold:
+                continue
+            ratio = value / threshold
+            if signal not in out or ratio > out[signal]["ratio"]:
+                out[signal] = {
+                    "value": value,
+                    "threshold": threshold,
+                    "ratio": ratio,
+                    "responsible": (monitor.get("responsible") or {}).get(signal),
+                    "shard": f"{shard.topic}/{shard.partition}",
+                }
+    return out
 
 
 def _where(alert: FiringAlert) -> str:
@@ -195,7 +282,8 @@ PAGE = """<!doctype html>
   .alert { display: inline-block; background: #c0392b; color: #fff; border-radius: 4px;
            padding: 0 .4rem; margin-right: .3rem; }
   .ok { color: #1e8449; }
-  canvas { width: 100%; max-width: 900px; height: 180px; display: block; }
+  canvas { width: 100%; max-width: 900px; height: 300px; display: block; }
+  .alarm-list { font-size: .8rem; color: #a04000; margin: .4rem 0 0; padding-left: 1.2rem; }
   .bars div { display: flex; align-items: center; gap: .5rem; font-size: .85rem; }
   .bars b { display: inline-block; height: .7rem; background: #2e86c1; }
   #login { display: none; }
@@ -239,36 +327,106 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The history's x axis is the time each checkpoint was written (Redis' clock, p.t): it
+// never goes back, even when a topic's event times do; a point's event time is in its
+// hover text. Top: the rolling primary metric, drift detections as red lines. Bottom: each
+// label-free signal as a share of its threshold, the threshold the dashed line at 1.
+// Alarms are marked on both (orange), explained in the hover text and the list below.
+const SIGNAL_COLORS = ["#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c0392b", "#27ae60", "#7f8c8d"];
+
+function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+
+function explain(a) {
+  const what = a.feature === null || a.feature === undefined ? "" : " on " + a.feature +
+    (a.category === null || a.category === undefined ? "" : " (" + a.category + ")");
+  const when = a.first_event_ms === null ? "" : ", event times " +
+    new Date(a.first_event_ms).toISOString() + " to " + new Date(a.last_event_ms).toISOString();
+  return a.signal + what + ": " + fmt(a.value, 3) + " over its threshold " + fmt(a.threshold, 3) +
+    ", window of offsets " + a.first_offset + "-" + a.last_offset + when +
+    " (shard " + a.shard + ")";
+}
+
 function chart(canvas, points, primary) {
   const ctx = canvas.getContext("2d");
-  const w = canvas.width = canvas.clientWidth * devicePixelRatio;
-  const h = canvas.height = canvas.clientHeight * devicePixelRatio;
+  const r = devicePixelRatio;
+  const w = canvas.width = canvas.clientWidth * r;
+  const h = canvas.height = canvas.clientHeight * r;
   ctx.clearRect(0, 0, w, h);
-  const xs = points.map((p) => p.t), ys = points.map((p) => p.rolling);
-  const valid = ys.filter((y) => y !== null);
-  ctx.fillStyle = "#667"; ctx.font = (12 * devicePixelRatio) + "px sans-serif";
-  if (valid.length < 1) { ctx.fillText("no quality figures yet", 10, h / 2); return; }
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  let y0 = Math.min(...valid), y1 = Math.max(...valid);
+  ctx.fillStyle = "#667"; ctx.font = (11 * r) + "px sans-serif";
+  if (points.length < 1) { ctx.fillText("no checkpoint in the timeline yet", 10, h / 2); return; }
+  const x0 = points[0].t, x1 = Math.max(points[points.length - 1].t, x0 + 1);
+  const left = 44 * r, right = w - 8 * r;
+  const px = (x) => left + (x - x0) / (x1 - x0) * (right - left);
+  const top = [14 * r, h * 0.55], bottom = [h * 0.55 + 14 * r, h - 18 * r];
+  const ys = points.map((p) => p.rolling).filter((y) => y !== null);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (!ys.length) { y0 = 0; y1 = 1; }
   if (y1 - y0 < 1e-6) { y0 -= 0.05; y1 += 0.05; }
-  const px = (x) => 40 * devicePixelRatio + (x - x0) / (x1 - x0) * (w - 50 * devicePixelRatio);
-  const py = (y) => h - 20 * devicePixelRatio - (y - y0) / (y1 - y0) * (h - 30 * devicePixelRatio);
-  ctx.fillText(fmt(y1, 3), 2, py(y1) + 4); ctx.fillText(fmt(y0, 3), 2, py(y0));
-  ctx.fillText("rolling " + (primary || ""), 44 * devicePixelRatio, 12 * devicePixelRatio);
-  points.forEach((p, i) => {  // drift detections between two points: a red mark
-    if (i > 0 && p.drift > points[i - 1].drift) {
-      ctx.strokeStyle = "rgba(192,57,43,.6)";
-      ctx.beginPath(); ctx.moveTo(px(p.t), 0); ctx.lineTo(px(p.t), h); ctx.stroke();
-    }
+  const py = (y) => top[1] - (y - y0) / (y1 - y0) * (top[1] - top[0]);
+  const ratios = points.flatMap((p) => Object.values(p.signals).map((s) => s.ratio));
+  const r1 = Math.min(3, Math.max(1.2, ...ratios));  // clipped: a change from a constant is huge
+  const pr = (v) => bottom[1] - Math.min(v, r1) / r1 * (bottom[1] - bottom[0]);
+  // Axes, ticks in wall time.
+  ctx.fillText("rolling " + (primary || ""), left, 10 * r);
+  ctx.fillText(fmt(y1, 3), 2, py(y1) + 4 * r); ctx.fillText(fmt(y0, 3), 2, py(y0));
+  ctx.fillText("signal / threshold", left, bottom[0] - 3 * r);
+  for (let i = 0; i <= 4; i++) {
+    const t = x0 + (x1 - x0) * i / 4;
+    ctx.fillText(clock(t), Math.min(px(t), right - 60 * r), h - 4 * r);
+  }
+  ctx.setLineDash([4 * r, 3 * r]); ctx.strokeStyle = "#c0392b"; ctx.lineWidth = r;
+  ctx.beginPath(); ctx.moveTo(left, pr(1)); ctx.lineTo(right, pr(1)); ctx.stroke();
+  ctx.setLineDash([]); ctx.fillText("threshold", right - 55 * r, pr(1) - 3 * r);
+  const mark = (t, color) => {
+    ctx.strokeStyle = color; ctx.beginPath();
+    ctx.moveTo(px(t), top[0]); ctx.lineTo(px(t), bottom[1]);
+    ctx.stroke();
+  };
+  points.forEach((p, i) => {
+    if (i > 0 && p.drift > points[i - 1].drift) mark(p.t, "rgba(192,57,43,.6)");
+    if (p.alarms.length) mark(p.t, "rgba(230,126,34,.9)");
   });
-  ctx.strokeStyle = "#2e86c1"; ctx.lineWidth = 2 * devicePixelRatio; ctx.beginPath();
-  let started = false;
-  points.forEach((p) => {
-    if (p.rolling === null) return;
-    if (started) ctx.lineTo(px(p.t), py(p.rolling)); else ctx.moveTo(px(p.t), py(p.rolling));
-    started = true;
+  const line = (value, scale, color) => {
+    ctx.strokeStyle = color; ctx.lineWidth = 2 * r; ctx.beginPath();
+    let started = false;
+    points.forEach((p) => {
+      const v = value(p);
+      if (v === null || v === undefined) { started = false; return; }
+      if (started) ctx.lineTo(px(p.t), scale(v)); else ctx.moveTo(px(p.t), scale(v));
+      started = true;
+    });
+    ctx.stroke();
+  };
+  line((p) => p.rolling, py, "#2e86c1");
+  const names = [...new Set(points.flatMap((p) => Object.keys(p.signals)))].sort();
+  names.forEach((name, i) => {
+    const color = SIGNAL_COLORS[i % SIGNAL_COLORS.length];
+    line((p) => (p.signals[name] || {}).ratio, pr, color);
+    ctx.fillStyle = color; ctx.fillText(name, left + 140 * r + i * 110 * r, bottom[0] - 3 * r);
   });
-  ctx.stroke();
+  canvas.onmousemove = (e) => {
+    const box = canvas.getBoundingClientRect();
+    const x = (e.clientX - box.left) * r;
+    const p = points.reduce((a, b) => Math.abs(px(b.t) - x) < Math.abs(px(a.t) - x) ? b : a);
+    const signals = Object.entries(p.signals).map(([k, s]) =>
+      k + " " + fmt(s.value, 3) + " / " + fmt(s.threshold, 3) +
+      (s.responsible ? " (" + s.responsible + ")" : ""));
+    canvas.title = [
+      "checkpoint written " + clock(p.t) + " · shard " + p.shard + " v" + p.version +
+        " · next offset " + p.next_offset,
+      "event time " + (p.event_ms === null ? "-" : new Date(p.event_ms).toISOString()),
+      "rolling " + (primary || "") + " " + fmt(p.rolling) + " · drift detections " + p.drift,
+      ...signals, ...p.alarms.map((a) => "ALARM " + explain(a)),
+    ].join("\\n");
+  };
+}
+
+function alarmList(points) {
+  const list = el("ul", {"class": "alarm-list"});
+  points.filter((p) => p.alarms.length).slice(-10).reverse().forEach((p) => {
+    p.alarms.forEach((a) => list.append(el("li", {}, clock(p.t) + " " + explain(a))));
+  });
+  return list;
 }
 
 function render(status) {
@@ -317,6 +475,7 @@ function render(status) {
                      el("span", {}, fmt(value, 3))));
     });
     card.append(bars);
+    card.append(alarmList(m.history));
     root.append(card);
     chart(canvas, m.history, m.primary_metric);
   });

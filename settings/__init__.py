@@ -122,6 +122,8 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     key_prefix: str = Field("livelearn", pattern=r"^[A-Za-z0-9_.-]+$")
     socket_timeout_s: float = Field(5.0, gt=0)
+    # Entries each model's timeline keeps (store/timeline.py), one per checkpoint written.
+    timeline_entries: int = Field(10_000, ge=100)
 
 
 class OutageSettings(_Section):

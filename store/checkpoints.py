@@ -18,6 +18,9 @@ Keys, under ``key_prefix`` (default ``livelearn``)::
     {prefix}:shard:{model}:{topic}:{partition}   hash (blob, next_offset, epoch, …)
     {prefix}:epoch:{model}:{topic}:{partition}   fencing epoch (bumped on claim)
     {prefix}:updates:{model}                     pub/sub channel
+    {prefix}:{{model}}:timeline                  stream, one entry per checkpoint, capped
+                                                 (`store.timeline`); the model's name in
+                                                 braces: a Redis Cluster hash tag
 
 An epoch is never handed out twice, even by a Redis that lost its data: a claim takes the
 stored epoch plus one, or Redis' clock in microseconds when that is larger. So a write
@@ -25,8 +28,8 @@ refused with an epoch *above* the writer's means another worker claimed the shar
 and one refused with no epoch, or a smaller one, means Redis lost the writer's claim
 (a restart without persistence, or from an older snapshot), which ``reclaim`` takes back.
 
-``delete_model`` removes a model's checkpoints and index entries and bumps its epochs
-(``livelearn models reset``); releases (``store/releases.py``) live under other keys.
+``delete_model`` removes a model's checkpoints, timeline and index entries and bumps its
+epochs (``livelearn models reset``); releases (``store/releases.py``) live under other keys.
 
 The methods a worker calls (``claim``, ``reclaim``, ``save``, ``epochs``, ``ping``) raise
 ``ServiceUnavailable`` when Redis does not answer or cannot take writes, so that the
@@ -48,6 +51,12 @@ from redis import exceptions as redis_errors
 
 from livelearn.errors import ServiceUnavailable, StaleEpochError, VersionConflict
 from livelearn.learners.snapshot import Binding, SnapshotCodec, stats_digest
+from livelearn.store.timeline import (
+    TIMELINE_ENTRIES,
+    TimelineRead,
+    decode_entry,
+    timeline_entry,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -105,9 +114,12 @@ class CheckpointStore(Protocol):
         stats: dict[str, Any],
         version: int,
         kid: str = "",
+        *,
+        event_ms: int | None = None,
+        since: int = -1,
     ) -> int:
         """Write a checkpoint if ``epoch`` is still current and ``version`` (signed in the
-        blob) is above the stored one; return ``version``."""
+        blob) is above the stored one, with its timeline entry; return ``version``."""
         ...
 
     def load(self, shard: ShardId) -> Checkpoint | None:
@@ -152,9 +164,9 @@ end
 )
 
 
-# KEYS: epoch, shard hash, model shard set, model set
+# KEYS: epoch, shard hash, model shard set, model set, model timeline
 # ARGV: epoch, blob, next_offset, stats, updated_at, member, model, channel, message prefix,
-#       version, kid
+#       version, kid, timeline cap, timeline entry
 _SAVE_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
@@ -170,6 +182,8 @@ redis.call('HSET', KEYS[2], 'blob', ARGV[2], 'next_offset', ARGV[3], 'epoch', AR
            'version', ARGV[10], 'kid', ARGV[11])
 redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('SADD', KEYS[4], ARGV[7])
+-- the timeline (store/timeline.py): appended with the checkpoint, never without it
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[13])
 redis.call('PUBLISH', ARGV[8], ARGV[9] .. ',"version":' .. version .. '}')
 return {version, current}
 """
@@ -178,9 +192,15 @@ return {version, current}
 class RedisCheckpointStore:
     """``CheckpointStore`` over a real Redis server."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "livelearn") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "livelearn",
+        timeline_entries: int = TIMELINE_ENTRIES,
+    ) -> None:
         self._r = client
         self._prefix = prefix
+        self._timeline_entries = timeline_entries
         self._save = client.register_script(_SAVE_LUA)
         self._claim = client.register_script(_CLAIM_LUA)
         self._reclaim = client.register_script(_RECLAIM_LUA)
@@ -201,6 +221,10 @@ class RedisCheckpointStore:
 
     def _epoch_key(self, shard: ShardId) -> str:
         return f"{self._prefix}:epoch:{shard.model}:{shard.topic}:{shard.partition}"
+
+    def _timeline_key(self, model: str) -> str:
+        # The braces are a Redis Cluster hash tag: a model's keys share one slot.
+        return f"{self._prefix}:{{{model}}}:timeline"
 
     def channel(self, model: str) -> str:
         """The pub/sub channel announcing the model's new checkpoints."""
@@ -251,10 +275,18 @@ class RedisCheckpointStore:
         stats: dict[str, Any],
         version: int,
         kid: str = "",
+        *,
+        event_ms: int | None = None,
+        since: int = -1,
     ) -> int:
         """Write a checkpoint if ``epoch`` is still current and ``version`` is above the
         stored one; return ``version``. ``blob`` is signed with that version, ``stats`` and
         ``next_offset`` bound in it (`Checkpoint.binding`).
+
+        The same script appends the checkpoint's entry to the model's timeline
+        (`store.timeline`): ``event_ms`` is the event time of the last event it covers,
+        ``since`` the next offset of the checkpoint its state built on (-1 for none), from
+        which its drift detections and alarms are new.
 
         Raises
         ------
@@ -276,6 +308,7 @@ class RedisCheckpointStore:
                     self._shard_key(shard),
                     f"{self._prefix}:model:{shard.model}:shards",
                     f"{self._prefix}:models",
+                    self._timeline_key(shard.model),
                 ],
                 args=[
                     str(epoch),
@@ -289,6 +322,10 @@ class RedisCheckpointStore:
                     message,
                     str(version),
                     kid,
+                    str(self._timeline_entries),
+                    timeline_entry(
+                        shard.topic, shard.partition, next_offset, version, stats, event_ms, since
+                    ),
                 ],
             )
         written, current = int(result[0]), result[1]
@@ -311,7 +348,7 @@ class RedisCheckpointStore:
         """Sign ``obj`` as the shard's next version, bound to the checkpoint, and save it
         (for tools, benches and tests; the worker tracks its versions itself). Returns the
         version; raises as `save` does."""
-        raw = self._r.hget(self._shard_key(shard), "version")
+        raw, stored_offset = self._r.hmget(self._shard_key(shard), ["version", "next_offset"])
         version = int(raw or 0) + 1
         binding = Binding(
             shard.model,
@@ -323,7 +360,16 @@ class RedisCheckpointStore:
             stats_digest(stats),
         )
         blob = codec.encode(obj, binding, spec)
-        return self.save(shard, epoch, blob, next_offset, stats, version, codec.keys.active)
+        return self.save(
+            shard,
+            epoch,
+            blob,
+            next_offset,
+            stats,
+            version,
+            codec.keys.active,
+            since=int(stored_offset or -1),
+        )
 
     def load(self, shard: ShardId) -> Checkpoint | None:
         """The shard's last checkpoint, if any."""
@@ -399,9 +445,28 @@ class RedisCheckpointStore:
         for shard in shards:
             pipe.delete(self._shard_key(shard))
         pipe.delete(f"{self._prefix}:model:{model}:shards")
+        pipe.delete(self._timeline_key(model))
         pipe.srem(f"{self._prefix}:models", model)
         deleted = pipe.execute()[len(epoch_keys) : len(epoch_keys) + len(shards)]
         return [shard for shard, n in zip(shards, deleted, strict=True) if n]
+
+    def timeline(self, model: str, after: str | None, count: int) -> TimelineRead:
+        """The model's timeline entries after the entry id ``after`` (its newest ones when
+        None), at most ``count``, oldest first, with the id of the oldest entry the stream
+        holds, in one round trip. Its entries after ``after`` are read from the oldest: a
+        caller that keeps up reads each entry once."""
+        key = self._timeline_key(model)
+        pipe = self._r.pipeline(transaction=False)
+        if after is None:
+            pipe.xrevrange(key, "+", "-", count=count)
+        else:
+            pipe.xrange(key, f"({after}", "+", count=count)
+        pipe.xrange(key, "-", "+", count=1)
+        rows, first = pipe.execute()
+        if after is None:
+            rows.reverse()
+        entries = [decode_entry(_text(entry_id), fields[b"e"]) for entry_id, fields in rows]
+        return TimelineRead(entries, _text(first[0][0]) if first else None)
 
     def shards(self, model: str) -> list[ShardId]:
         """The model's checkpointed shards, in topic and partition order."""
@@ -437,6 +502,10 @@ def _address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
     return f"{where}/{kwargs.get('db', 0)}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:

@@ -19,6 +19,7 @@ from kafka.structs import OffsetAndMetadata
 
 from livelearn.errors import (
     DeadLetterError,
+    InvalidEvent,
     ServiceUnavailable,
     StaleEpochError,
     VersionConflict,
@@ -78,8 +79,11 @@ class Checkpointing(Reporting):
                 return False
         started = time.perf_counter()
         stats = shard.learner.stats()  # first: it trims the rolling windows the blob holds
+        event_ms = _last_event_ms(part, shard)
+        if event_ms is None:
+            event_ms = shard.last_event_ms
         try:
-            blob, version = self._save(shard, stats)
+            blob, version = self._save(shard, stats, event_ms)
         except ServiceUnavailable as exc:
             self._store_failed(exc)
             return False
@@ -110,6 +114,7 @@ class Checkpointing(Reporting):
         shard.base_blob = blob
         shard.since_base.clear()
         shard.checkpointed_offset = shard.next_offset
+        shard.last_event_ms = event_ms
         shard.based_on = (shard.epoch, version)
         shard.version = version
         self._versions_seen[shard.id] = version
@@ -119,9 +124,10 @@ class Checkpointing(Reporting):
         self._report_checkpoint(part, shard, trigger, len(blob), stats, elapsed)
         return True
 
-    def _save(self, shard: Shard, stats: dict[str, Any]) -> tuple[bytes, int]:
+    def _save(self, shard: Shard, stats: dict[str, Any], event_ms: int | None) -> tuple[bytes, int]:
         """Sign ``shard``'s state as its next version, bound to what the checkpoint says,
-        and write it; the blob and its version. A store that holds a later version (a
+        and write it with its timeline entry (``event_ms``: the event time of the last event
+        it covers); the blob and its version. A store that holds a later version (a
         `livelearn models reset` keeps the count) is answered with one above it."""
         version = shard.version + 1
         for _ in range(2):
@@ -144,6 +150,8 @@ class Checkpointing(Reporting):
                     stats,
                     version,
                     self._codec.keys.active,
+                    event_ms=event_ms,
+                    since=shard.checkpointed_offset,
                 )
             except VersionConflict as exc:
                 log.warning("%s; signing version %d", exc, exc.stored + 1)
@@ -294,6 +302,20 @@ class Checkpointing(Reporting):
                 self._released[tp] = (part, self._assignments)
                 self._pending[tp] = now
         self._sync_pause()
+
+
+def _last_event_ms(part: Partition, shard: Shard) -> int | None:
+    """The event time of the last event ``shard`` took since its last checkpoint, as its
+    monitor's windows took it (the event's own, else Kafka's); None when it took none.
+    Decoded again from its record once per checkpoint, never kept per event."""
+    if not shard.since_base:
+        return None
+    _, value, timestamp, produced = shard.since_base[-1]
+    try:
+        ts = part.decoder.decode(value, produced).ts_ms
+    except InvalidEvent:
+        return timestamp
+    return ts if ts is not None else timestamp
 
 
 def _log_commit_failure(offsets: dict[TopicPartition, OffsetAndMetadata], result: object) -> None:

@@ -76,6 +76,9 @@ class Shard:
     # The next offset of the last checkpoint written (or restored): where the shard is held
     # when a dead letter past it is lost, so that no checkpoint ever passes that event.
     checkpointed_offset: int = -1
+    # The event time of the last event the last checkpoint written covers (its timeline
+    # entry's), kept for a checkpoint with no event since (on shutdown, say).
+    last_event_ms: int | None = None
     # The checkpoint the state builds on, as (its writer's epoch, its version); None when
     # there is none. A shard assigned back to this worker keeps its learner when the store
     # still holds exactly that checkpoint and nothing is pending (`Worker._restore`).

@@ -279,7 +279,7 @@ def build_worker(
             raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
 
     consumer = _riding_out(settings, make_consumer)
-    store = RedisCheckpointStore(client, settings.redis.key_prefix)
+    store = RedisCheckpointStore(client, settings.redis.key_prefix, settings.redis.timeline_entries)
     dlq = dead_letter_sink(settings)
     worker = Worker(
         settings,

@@ -155,7 +155,12 @@ class MemoryStore:
         stats: dict[str, Any],
         version: int,
         kid: str = "",
+        *,
+        event_ms: int | None = None,
+        since: int = -1,
     ) -> int:
+        """Keep the shard's final state; a replay keeps no timeline (its report holds the
+        series it recorded)."""
         if self._epochs.get(shard) != epoch:
             raise StaleEpochError(str(shard), epoch, self._epochs.get(shard))
         old = self.rows.get(shard)

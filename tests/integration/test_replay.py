@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -347,3 +348,29 @@ def test_a_range_ending_in_a_transaction_marker_finishes(make_topic, deploy) -> 
     result = _replay(dep)
     assert result.report["range"]["partitions"][f"{dep.topic}/0"] == [0, 51]
     assert result.report["counts"] == {"learned": 50, "scored": 50, "invalid": 0}
+
+
+def test_a_topic_whose_event_times_go_back_is_plotted_run_by_run(make_topic, deploy) -> None:
+    """The same events produced twice (`make run` twice): the report's series goes back in
+    event time, and the plot draws each run as a line of its own."""
+    from livelearn.stream.replay._plot import runs
+
+    dep = deploy(make_topic(partitions=1))
+    values = encode(phishing_events(n=600))
+    produce(dep.bootstrap, dep.topic, values + values)
+    folder = dep.tmp_path / "report"
+    result = _cli(dep, "--report", str(folder))
+    assert result.returncode == 0, result.stderr
+    series = json.loads((folder / "report.json").read_text())["replayed"]["series"]
+    times = [p["event_time_ms"] for p in series]
+    assert any(later < earlier for earlier, later in itertools.pairwise(times))
+    parts = runs(series)
+    assert len(parts) == 2
+    assert parts[0][-1]["offset"] < 600 <= parts[1][0]["offset"]
+    for part in parts:
+        assert [p["event_time_ms"] for p in part] == sorted(p["event_time_ms"] for p in part)
+    from PIL import Image
+
+    with Image.open(folder / "metrics.png") as image:
+        image.verify()
+        assert image.format == "PNG"

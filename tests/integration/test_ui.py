@@ -134,6 +134,83 @@ def test_the_status_page_shows_every_model_and_follows_its_checkpoints(
     assert worker.terminate() == 0
 
 
+def test_the_history_is_kept_in_redis_and_the_same_after_the_api_restarts(
+    make_topic, deploy, browser
+) -> None:
+    """Learn, with a feature vanishing part way; read the page's history (its points, the
+    alarms marked and listed); restart the API; the reloaded page shows the same."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    monitor = {
+        "window": 100,
+        "sample_every": 1,
+        "warmup_windows": 4,
+        "expected_events_between_false_alarms": 1e5,
+    }
+    dep = deploy(make_topic(partitions=1), monitor=monitor)
+    events = phishing_events(n=1200)
+    for event in events[800:]:
+        del event["features"]["popup_window"]  # vanishes upstream
+    produce(dep.bootstrap, dep.topic, encode(events))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 1200, 90, "1200 events learned", context=worker.tail)
+    assert worker.terminate() == 0
+    card = f'section[data-model="{dep.model}"]'
+
+    def page(server: Any) -> tuple[list[dict[str, Any]], list[str], str]:
+        """Open /ui on ``server``; its history, the alarms it lists, and the hover text."""
+        browser.get(f"http://127.0.0.1:{server.port}/ui")
+        browser.find_element(By.ID, "token").send_keys(server.token)
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+
+        def alarms() -> list[str]:
+            try:
+                return [e.text for e in browser.find_elements(By.CSS_SELECTOR, f"{card} li")]
+            except StaleElementReferenceException:
+                return []
+
+        listed = wait_for(alarms, 30, "the page to list the alarms", every=0.2)
+        status = browser.execute_script(
+            "return fetch('/v1/ui/status', {headers: {Authorization: 'Bearer ' + "
+            "sessionStorage.getItem('livelearn-token')}}).then(r => r.json())"
+        )
+        (model,) = [m for m in status["models"] if m["model"] == dep.model]
+        canvas = browser.find_element(By.CSS_SELECTOR, f"{card} canvas.quality")
+        ActionChains(browser).move_to_element(canvas).perform()
+        return model["history"], listed, canvas.get_attribute("title") or ""
+
+    server = dep.start_server()
+    wait_for(lambda: _answers(f"http://127.0.0.1:{server.port}/healthz"), 30, "the API up")
+    history, listed, hover = page(server)
+    # One point per checkpoint: every 100 events, and the worker's on shutdown.
+    assert [p["next_offset"] for p in history] == [*range(100, 1201, 100), 1200]
+    assert [p["events_learned"] for p in history][-1] == 1200
+    times = [p["t"] for p in history]
+    assert times == sorted(times)  # the time axis: when each checkpoint was written
+    # Each checkpoint's event time: its last event's (the shutdown's took no event).
+    last_ms = [1_700_000_000_000 + o - 1 for o in range(100, 1201, 100)]
+    assert [p["event_ms"] for p in history] == [*last_ms, last_ms[-1]]
+    alarms = [a for p in history for a in p["alarms"]]
+    vanished = [a for a in alarms if a["signal"] == "feature_set"]
+    assert vanished and vanished[0]["feature"] == "popup_window", alarms
+    assert vanished[0]["last_offset"] >= 800 and vanished[0]["value"] > vanished[0]["threshold"]
+    assert all(p["signals"]["feature_set"]["threshold"] > 0 for p in history[5:])
+    assert any("feature_set on popup_window" in line for line in listed), listed
+    assert "event time" in hover and "checkpoint written" in hover
+
+    browser.get("about:blank")  # the page stops polling the API that stops
+    assert server.terminate() == 0
+    restarted = dep.start_server()
+    wait_for(lambda: _answers(f"http://127.0.0.1:{restarted.port}/healthz"), 30, "the API up")
+    again, listed_again, _ = page(restarted)
+    assert again == history
+    assert listed_again == listed
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:

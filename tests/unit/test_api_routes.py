@@ -18,6 +18,7 @@ from livelearn.serving.api import _JSONResponse, create_app
 from livelearn.serving.lookup import Prediction
 from livelearn.serving.metrics import ServingMetrics
 from livelearn.settings import Settings
+from livelearn.store.timeline import TimelineRead
 
 TOKEN = "t0k3n-unit-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,6 +107,10 @@ class FakeLookup:
             "freshness_seconds": 0.5,
             "events_learned": 40,
         }
+
+    def timeline(self, model: str, after: str | None, count: int) -> TimelineRead:
+        self._check(model)
+        return TimelineRead([], None)  # no checkpoint written: an empty history
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         return self.ready_ok, {"models": {"phishing": True}}

@@ -184,8 +184,8 @@ class _RecordingStore(FakeStore):
         self.rows.update(rows or {})
         self.history: list[dict[Any, Any]] = []
 
-    def save(self, *args: Any) -> int:
-        version = super().save(*args)
+    def save(self, *args: Any, **kwargs: Any) -> int:
+        version = super().save(*args, **kwargs)
         self.history.append(dict(self.rows))
         return version
 

@@ -14,6 +14,7 @@ from livelearn.errors import ConfigError
 from livelearn.serving.alerts import AlertsView, FiringAlert, PrometheusAlerts, parse_alerts
 from livelearn.serving.ui import StatusBoard
 from livelearn.settings import load_settings
+from livelearn.store.timeline import TimelineRead
 from tests.fake_prometheus import alerts_answer, fake_prometheus
 
 ANSWER = {
@@ -72,9 +73,15 @@ def test_only_firing_alerts_are_read_from_the_answer() -> None:
         parse_alerts(b'{"status": "error", "error": "bad query"}')
 
 
+def _no_timeline(model: str, after: str | None, count: int) -> TimelineRead:
+    return TimelineRead([], None)
+
+
 def test_models_show_their_prometheus_alerts_and_the_page_the_others() -> None:
     view = AlertsView(parse_alerts(json.dumps(ANSWER).encode()), read_at=5.0)
-    board = StatusBoard(lambda: ["fraud", "churn"], _describe, lambda: 1010.0, lambda: view)
+    board = StatusBoard(
+        lambda: ["fraud", "churn"], _describe, lambda: 1010.0, lambda: view, timeline=_no_timeline
+    )
     status = board.status()
     assert status["alerts"] == {
         "source": "prometheus",
@@ -92,7 +99,11 @@ def test_without_prometheus_the_alerts_are_derived_and_the_error_shown() -> None
     for alerts, error in ((None, None), (lambda: failed, failed.error)):
         # A checkpoint 20 minutes old: "stale", derived from the served state.
         board = StatusBoard(
-            lambda: ["fraud"], lambda name: _describe(name, 1200.0), lambda: 2200.0, alerts
+            lambda: ["fraud"],
+            lambda name: _describe(name, 1200.0),
+            lambda: 2200.0,
+            alerts,
+            timeline=_no_timeline,
         )
         status = board.status()
         assert status["alerts"] == {"source": "derived", "error": error, "other": []}

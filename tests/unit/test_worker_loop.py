@@ -33,6 +33,8 @@ class FakeStore:
         self.claimed: dict[ShardId, int] = {}
         self.rows: dict[ShardId, Checkpoint] = {}
         self.saves: list[tuple[ShardId, int]] = []
+        # What each save's timeline entry was given: (next_offset, event_ms, since).
+        self.timeline: list[tuple[int, int | None, int]] = []
         self.down = False
         self.calls = 0  # calls that found the store down
         self._last_epoch = 0
@@ -62,7 +64,9 @@ class FakeStore:
         self._answer()
         return [self.claimed.get(shard) for shard in shards]
 
-    def save(self, shard, epoch, blob, next_offset, stats, version, kid="") -> int:
+    def save(
+        self, shard, epoch, blob, next_offset, stats, version, kid="", *, event_ms=None, since=-1
+    ) -> int:
         self._answer()
         if self.claimed.get(shard) != epoch:
             raise StaleEpochError(str(shard), epoch, self.claimed.get(shard))
@@ -73,6 +77,7 @@ class FakeStore:
             shard, blob, next_offset, epoch, stats, 0.0, len(blob), version, kid
         )
         self.saves.append((shard, next_offset))
+        self.timeline.append((next_offset, event_ms, since))
         return version
 
     def load(self, shard: ShardId) -> Checkpoint | None:
@@ -218,6 +223,28 @@ def _run(worker: Worker, consumer: FakeConsumer, batches: list[list[Record]]) ->
 
     consumer.subscribe = subscribe  # type: ignore[method-assign]
     worker.run()
+
+
+def test_each_checkpoint_gives_its_timeline_the_last_event_time_and_where_it_built_on() -> None:
+    store = FakeStore()
+    worker, consumer, _ = _worker(store, every_events=40)
+    base_ms = int(time.time() * 1000) - 3_600_000
+    records = [
+        Record(
+            "t",
+            0,
+            i,
+            None,
+            orjson.dumps(
+                {"id": str(i), "ts": base_ms + 1000 * i, "features": {"x": 1.0}, "label": True}
+            ),
+            base_ms + 1000 * i + 700,  # Kafka's timestamp: not the event's time
+        )
+        for i in range(50)
+    ]
+    _run(worker, consumer, [records[:45], records[45:]])
+    # A new shard builds on no checkpoint (-1).
+    assert store.timeline == [(40, base_ms + 39_000, -1), (50, base_ms + 49_000, 40)]
 
 
 def test_checkpoints_every_n_events_then_on_shutdown_and_commits_after() -> None:

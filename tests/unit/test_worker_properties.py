@@ -176,15 +176,15 @@ class KillableStore(FakeStore):
         self.dead = False
         self.kill_at_save: tuple[int, bool] | None = None
 
-    def save(self, *args) -> int:
+    def save(self, *args, **kwargs) -> int:
         if self.dead:
             raise Killed
         if self.kill_at_save is not None and len(self.saves) == self.kill_at_save[0]:
             self.dead = True
             if self.kill_at_save[1]:
-                super().save(*args)
+                super().save(*args, **kwargs)
             raise Killed
-        return super().save(*args)
+        return super().save(*args, **kwargs)
 
 
 class KillableDlq(FakeDlq):

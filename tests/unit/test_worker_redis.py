@@ -280,9 +280,9 @@ class CountingStore(FakeStore):
         self.ops += 1
         return super().claim(shard)
 
-    def save(self, *args):
+    def save(self, *args, **kwargs):
         self.ops += 1
-        return super().save(*args)
+        return super().save(*args, **kwargs)
 
     def epochs(self, shards):
         self.ops += 1
