@@ -83,7 +83,6 @@ def _windows(learner: Learner) -> list[dict[str, Any]]:
         ("phishing", "naive_bayes"),
         ("agrawal", "linear"),
         ("agrawal", "tree"),
-        ("agrawal", "naive_bayes"),
     ],
     ids=lambda v: str(v),
 )
