@@ -130,7 +130,7 @@ class AccuracyEstimate:
             if self._since_decay >= self.window:
                 self._decay()
         record = self._open.get(index) if index is not None else None
-        if record is None:
+        if index is None or record is None:
             return
         record[_RESOLVED] += 1
         if confidence is not None:
@@ -142,7 +142,7 @@ class AccuracyEstimate:
     def expired(self, index: int | None) -> None:
         """A prediction of window ``index`` expired without its label."""
         record = self._open.get(index) if index is not None else None
-        if record is not None:
+        if index is not None and record is not None:
             record[_RESOLVED] += 1
             self._settle(index, record)
 

@@ -328,7 +328,7 @@ class Learner:
             raise InvalidEvent(f"label_{outcome}", f"the prediction for event {event_id!r} {why}")
         x, y_pred, proba, predicted_ms = kept[:4]
         estimate = self._estimate
-        if estimate is not None:  # kept before the estimate existed: it only calibrates
+        if estimate is not None:  # a prediction kept before the estimate only calibrates
             window, confidence = kept[4:] if len(kept) > 4 else (None, _confidence(y_pred, proba))
             estimate.labelled(window, confidence, y_pred == label)
         self.last_offset = offset
@@ -338,7 +338,8 @@ class Learner:
             self._learn(x, label, y_pred, proba, offset)
         self._forget(self._joined, event_id)
         self.label_counts["joined"] += 1
-        return max(0.0, (ts_ms - predicted_ms) / 1000)
+        delay: float = max(0.0, (ts_ms - predicted_ms) / 1000)
+        return delay
 
     @property
     def events_only_scored(self) -> int:

@@ -315,6 +315,7 @@ class Lookup:
                 # the holdout (None otherwise).
                 "monitor": s.stats.get("monitor"),
                 "labels": s.stats.get("labels"),
+                "estimate": s.stats.get("estimate"),
                 "holdout": s.stats.get("holdout"),
                 "updated_at": s.updated_at,
                 "age_seconds": round(now - s.updated_at, 3),

@@ -195,7 +195,7 @@ class WorkerMetrics:
         self.realised_accuracy = Gauge(
             "livelearn_realised_accuracy_ratio",
             "The accuracy the joined labels realised for the newest labelled window (see "
-            "livelearn_estimated_accuracy_ratio{window=\"labelled\"}).",
+            'livelearn_estimated_accuracy_ratio{window="labelled"}).',
             ["model", "topic", "partition"],
             registry=r,
         )

@@ -198,4 +198,5 @@ def test_events_with_their_label_count_in_the_windows_and_a_regression_has_no_es
         learner.process(x, y, i, i)
     stats = learner.stats()["estimate"]
     assert stats["windows"] == 2 and stats["labelled"]["labels"] == 100
-    assert "estimate" not in Learner(_spec("linear").model_copy(update={"delayed_labels": None})).stats()
+    without = _spec("linear").model_copy(update={"delayed_labels": None})
+    assert "estimate" not in Learner(without).stats()
