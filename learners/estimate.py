@@ -55,7 +55,8 @@ _DECAY = 0.5 ** (1 / _HALF_LIFE)
 _REFERENCE_WINDOWS = 4
 _LABELLED_KEPT = 20
 # A window's record, a list for a cheap increment on the hot path: predictions, those
-# resolved (joined or expired), those joined with a prediction to score, the right ones.
+# resolved (joined or expired), those joined with a prediction to score, the right ones
+# (the hot path writes the indices as literals).
 _N, _RESOLVED, _SCORED, _RIGHT = range(4)
 
 
@@ -103,16 +104,18 @@ class AccuracyEstimate:
 
     def predicted(self, confidence: float | None, offset: int, ts_ms: int | None) -> int:
         """A prediction, with the probability the model gave its class (None when it
-        predicted nothing); returns its window's index, for `labelled` and `expired`."""
+        predicted nothing, or no probability in [0, 1]); returns its window's index, for
+        `labelled` and `expired`."""
         index = self.windows
         record = self._open[index]
-        if not record[_N]:
+        n = record[0] + 1  # _N
+        record[0] = n
+        if n == 1:
             self._first_offset, self._first_ms = offset, ts_ms
-        record[_N] += 1
-        if confidence is not None:
+        if confidence is not None and 0.0 <= confidence <= 1.0:
             self._counts[int(confidence * _SCALE)] += 1
             self._conf_sum += confidence
-        if record[_N] >= self.window:
+        if n >= self.window:
             self._close(offset, ts_ms)
         return index
 
@@ -120,7 +123,9 @@ class AccuracyEstimate:
         """The label of a prediction of window ``index`` came (None: a prediction kept
         before the estimate existed, which only calibrates): ``right`` is whether the
         prediction was, ``confidence`` as given to `predicted`."""
-        if confidence is not None:
+        scored = False
+        if confidence is not None and 0.0 <= confidence <= 1.0:
+            scored = True
             b = int(confidence * _SCALE)
             self._labels[b] += 1
             self._confs[b] += confidence
@@ -132,12 +137,13 @@ class AccuracyEstimate:
         record = self._open.get(index) if index is not None else None
         if index is None or record is None:
             return
-        record[_RESOLVED] += 1
-        if confidence is not None:
-            record[_SCORED] += 1
+        record[1] += 1  # _RESOLVED
+        if scored:
+            record[2] += 1  # _SCORED
             if right:
-                record[_RIGHT] += 1
-        self._settle(index, record)
+                record[3] += 1  # _RIGHT
+        if record[1] >= record[0] and index < self.windows:
+            self._settle(index, record)
 
     def expired(self, index: int | None) -> None:
         """A prediction of window ``index`` expired without its label."""

@@ -287,7 +287,7 @@ class Learner:
         if estimate is None:
             self._pending[event_id] = (x, y_pred, proba, ts_ms)
         else:
-            confidence = _confidence(y_pred, proba)
+            confidence = proba.get(y_pred) if proba else None  # as `_confidence`, inlined
             window = estimate.predicted(confidence, offset, ts_ms)
             scored = proba if self._proba_metrics else None
             self._pending[event_id] = (x, y_pred, scored, ts_ms, window, confidence)
@@ -326,10 +326,13 @@ class Learner:
                 outcome, why = "unmatched", "was never seen by this shard"
             # Not counted here: the learner is untouched, and the worker counts the dead letter.
             raise InvalidEvent(f"label_{outcome}", f"the prediction for event {event_id!r} {why}")
-        x, y_pred, proba, predicted_ms = kept[:4]
+        if len(kept) > 4:
+            x, y_pred, proba, predicted_ms, window, confidence = kept
+        else:  # a prediction kept before the estimate: it only calibrates
+            x, y_pred, proba, predicted_ms = kept
+            window, confidence = None, _confidence(y_pred, proba)
         estimate = self._estimate
-        if estimate is not None:  # a prediction kept before the estimate only calibrates
-            window, confidence = kept[4:] if len(kept) > 4 else (None, _confidence(y_pred, proba))
+        if estimate is not None:
             estimate.labelled(window, confidence, y_pred == label)
         self.last_offset = offset
         if self._holdout_metrics and in_holdout(event_id, self.spec.holdout):
@@ -608,15 +611,13 @@ class Learner:
 
 def _confidence(y_pred: Any, proba: Any) -> float | None:
     """The probability the model gave the class it predicted; None when it predicted
-    none, or gave no probability for that class.
+    none, or gave no probability for that class (the estimate skips one outside [0, 1]).
 
     >>> _confidence(True, {True: 0.8, False: 0.2}), _confidence(None, {})
     (0.8, None)
     """
-    if y_pred is None or not proba:
-        return None
-    confidence = proba.get(y_pred)
-    return None if confidence is None else min(1.0, max(0.0, float(confidence)))
+    confidence: float | None = proba.get(y_pred) if proba else None
+    return confidence
 
 
 def _estimate_for(spec: ModelSpec) -> AccuracyEstimate | None:

@@ -115,8 +115,10 @@ def test_the_worker_exports_the_estimate_beside_the_realised_accuracy(
     try:
         reference = {"model": dep.model, "release": str(number), "metric": "EstimatedAccuracy"}
         wait_for(
-            lambda: registry.get_sample_value("livelearn_release_reference_metric", reference)
-            is not None,
+            lambda: (
+                registry.get_sample_value("livelearn_release_reference_metric", reference)
+                is not None
+            ),
             30,
             "the release's reference exported",
         )
