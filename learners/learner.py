@@ -328,7 +328,7 @@ class Learner:
             raise InvalidEvent(f"label_{outcome}", f"the prediction for event {event_id!r} {why}")
         if len(kept) > 4:
             x, y_pred, proba, predicted_ms, window, confidence = kept
-        else:  # a prediction kept before the estimate: it only calibrates
+        else:  # kept before the estimate: in no window; calibrates with kept probabilities
             x, y_pred, proba, predicted_ms = kept
             window, confidence = None, _confidence(y_pred, proba)
         estimate = self._estimate

@@ -200,3 +200,29 @@ def test_events_with_their_label_count_in_the_windows_and_a_regression_has_no_es
     assert stats["windows"] == 2 and stats["labelled"]["labels"] == 100
     without = _spec("linear").model_copy(update={"delayed_labels": None})
     assert "estimate" not in Learner(without).stats()
+
+
+def test_a_learner_checkpointed_before_the_estimate_gets_one_and_learns_its_old_predictions() -> (
+    None
+):
+    older = Learner(_spec("linear", window=100))
+    events = list(_phishing(300))
+    for i, (x, _) in enumerate(events[:150]):
+        older.predict_pending(f"e{i}", x, i, i)
+    # As such a learner was pickled: no estimate, predictions kept without a window.
+    del older.__dict__["_estimate"]
+    older._pending = {k: v[:4] for k, v in older._pending.items()}
+    restored = pickle.loads(pickle.dumps(older))
+    assert restored._estimate is not None and restored._estimate.windows == 0
+    for i in range(150):
+        restored.join(f"e{i}", events[i][1], 150 + i, 150 + i)
+    # Learned, in no window; they would calibrate with the probabilities a metric kept,
+    # and here no metric scores probabilities.
+    calibrated = restored.stats()["estimate"]
+    assert calibrated["labelled"] is None and calibrated["calibration_labels"] == 0
+    assert restored.events_learned == 150
+    for i, (x, y) in enumerate(events[150:], start=150):
+        restored.predict_pending(f"e{i}", x, 150 + i, 150 + i)
+        restored.join(f"e{i}", y, 150 + i, 150 + i)
+    stats = restored.stats()["estimate"]
+    assert stats["windows"] == 1 and stats["labelled"]["labels"] == 100
