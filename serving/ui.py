@@ -174,7 +174,15 @@ def _alarms(shards: list[dict[str, Any]]) -> dict[str, int]:
 def _estimate(shards: list[dict[str, Any]]) -> dict[str, float | None] | None:
     """The accuracy estimated from the shards' confidence (newest windows), and the
     estimated and realised accuracy of their newest labelled windows, weighted by events
-    learned; None for a model without the estimate."""
+    learned; None for a model without the estimate.
+
+    >>> shard = {"latest": {"estimated": 0.8}, "labelled": {"estimated": 0.9, "realised": 0.7}}
+    >>> _estimate([{"estimate": shard, "events_learned": 1},
+    ...            {"estimate": {"latest": {"estimated": 0.9}}, "events_learned": 3}])
+    {'estimated': 0.875, 'labelled_estimated': 0.9, 'realised': 0.7}
+    >>> _estimate([{"events_learned": 1}]) is None
+    True
+    """
     rows = [(s["estimate"], s["events_learned"]) for s in shards if s.get("estimate")]
     if not rows:
         return None
