@@ -82,6 +82,24 @@ class AccuracyEstimate:
 
     """
 
+    __slots__ = (
+        "_closed",
+        "_conf_sum",
+        "_confs",
+        "_counts",
+        "_first_ms",
+        "_first_offset",
+        "_labelled",
+        "_labels",
+        "_open",
+        "_recent",
+        "_right",
+        "_since_decay",
+        "latest",
+        "window",
+        "windows",
+    )
+
     def __init__(self, window: int) -> None:
         self.window = window
         self.windows = 0  # closed windows; the open one's index
