@@ -1,6 +1,6 @@
 """The label-free monitor and the drift count: their cost, and their false alarms.
 
-Two measures:
+Three measures:
 
 - ``cost``: the monitor's time per event on Phishing's features (one event's features and
   a prediction, fed to ``Monitor.observe``), against the monitor of a git revision
@@ -8,6 +8,12 @@ Two measures:
   in the same run, rounds interleaved; CPU time (a shared machine's other work is not
   counted), less that of the same loop calling a no-op, the least and the median over
   rounds of each;
+- ``estimate``: the accuracy estimate's time per event (learners/estimate.py: a
+  prediction's confidence into its window, its label into the reliability table, windows
+  closing), on a trained model's Phishing probabilities, less the same loop calling a
+  no-op; and a delayed-label learner's whole ``predict_pending`` and ``join`` per event
+  with the estimate and without it (the learner as before it), rounds interleaved, CPU
+  time of this thread;
 - ``false-alarms``: stationary streams (Phishing repeated, Agrawal, and a generated stream
   of string categories with numeric features), each learned test-then-train by a linear
   model and a tree with the spec defaults (ADWIN, the monitor): every raw label-free alarm
@@ -16,7 +22,7 @@ Two measures:
   keeps. The alert rules fire on any alarm or counted detection (config/alerts.yml), so a
   count above zero is an alert that would reach firing.
 
-``python -m bench monitor [cost|false-alarms|all] [--events 1000000] [--rounds 5]
+``python -m bench monitor [cost|estimate|false-alarms|all] [--events 1000000] [--rounds 5]
 [--baseline REV] [--datasets phishing agrawal categories] [--models linear tree]``.
 """
 
@@ -41,6 +47,8 @@ from river.datasets import synth
 
 from livelearn.learners import Learner, ModelSpec
 from livelearn.learners import monitor as current_monitor
+from livelearn.learners.estimate import AccuracyEstimate
+from livelearn.learners.learner import _confidence
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("phishing", "agrawal", "categories")
@@ -200,9 +208,89 @@ def cost(events: int, rounds: int, baseline: str) -> dict[str, Any]:
     }
 
 
+def _time_estimate(rows: list[tuple[Any, dict[Any, float], bool]], noop: bool) -> float:
+    """Microseconds an event of the estimate's calls (or of no-op calls, ``noop``)."""
+    estimate = AccuracyEstimate(window=1000)
+
+    def skip(*args: Any) -> Any:
+        return None
+
+    confidence = skip if noop else _confidence
+    predicted = skip if noop else estimate.predicted
+    labelled = skip if noop else estimate.labelled
+    started = time.thread_time()
+    for offset, (y_pred, proba, right) in enumerate(rows):
+        conf = confidence(y_pred, proba)
+        labelled(predicted(conf, offset, offset), conf, right)
+    return (time.thread_time() - started) / len(rows) * 1e6
+
+
+def _time_learner(
+    spec: ModelSpec, events: list[tuple[dict[str, Any], Any]], late: int, estimate: bool
+) -> float:
+    """Microseconds an event of a delayed-label learner predicting each event and joining
+    each label ``late`` events later; without ``estimate``, the estimate is taken away
+    (the learner as before it)."""
+    learner = Learner(spec)
+    if not estimate:
+        learner._estimate = None
+    started = time.thread_time()
+    for i, (x, _) in enumerate(events):
+        learner.predict_pending(f"e{i}", x, i, i)
+        if i >= late:
+            learner.join(f"e{i - late}", events[i - late][1], i, i)
+    return (time.thread_time() - started) / len(events) * 1e6
+
+
+def estimate_cost(events: int, rounds: int) -> dict[str, Any]:
+    """The estimate's own cost per event, and a delayed-label learner's with and without it."""
+    stream = list(_phishing(events))
+    plain = _spec("phishing", "linear")
+    spec = ModelSpec.model_validate(
+        {
+            **plain.model_dump(by_alias=True),
+            "delayed_labels": {"max_pending": 100_000, "max_age_s": 1e9},
+        }
+    )
+    trained = Learner(plain)
+    rows = []
+    for i, (x, y) in enumerate(stream):
+        proba = trained.predict_proba_one(x)
+        y_pred = max(proba, key=proba.__getitem__) if proba else None
+        rows.append((y_pred, proba, y_pred == y))
+        if i < 2000:
+            trained.process(x, y, i)
+    times: dict[str, list[float]] = {"noop": [], "estimate": [], "without": [], "with": []}
+    learner_events = stream[: max(1, events // 4)]
+    for _ in range(rounds):
+        times["noop"].append(_time_estimate(rows, noop=True))
+        times["estimate"].append(_time_estimate(rows, noop=False))
+        times["without"].append(_time_learner(spec, learner_events, 200, estimate=False))
+        times["with"].append(_time_learner(spec, learner_events, 200, estimate=True))
+    noop = min(times["noop"])
+    return {
+        "events": events,
+        "learner_events": len(learner_events),
+        "rounds": rounds,
+        "estimate_us_per_event": {
+            "min": round(min(times["estimate"]) - noop, 3),
+            "median": round(statistics.median(times["estimate"]) - noop, 3),
+        },
+        **{
+            f"learner_{case}_estimate_us_per_event": {
+                "min": round(min(times[case]), 3),
+                "median": round(statistics.median(times[case]), 3),
+            }
+            for case in ("without", "with")
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench monitor", description=__doc__)
-    parser.add_argument("what", nargs="?", default="all", choices=["cost", "false-alarms", "all"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["cost", "estimate", "false-alarms", "all"]
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--cost-events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -217,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.what in ("cost", "all"):
         print(cost(args.cost_events, args.rounds, args.baseline), flush=True)
+    if args.what in ("estimate", "all"):
+        print(estimate_cost(args.cost_events, args.rounds), flush=True)
     if args.what in ("false-alarms", "all"):
         for dataset in args.datasets:
             for model in args.models:

@@ -47,6 +47,7 @@ def describe_model(
                 "rolling_metrics": stats.get("rolling_metrics", {}),
                 "drift_detections": stats.get("drift_detections", 0),
                 "drift_offsets": stats.get("drift_offsets", []),
+                "estimate": stats.get("estimate"),
                 "epoch": row["epoch"],
                 "version": row["version"],
                 "key_id": row["kid"] or None,
@@ -106,11 +107,38 @@ def format_model(desc: dict[str, Any]) -> str:
             for k, v in s["metrics"].items()
         )
         metric_lines.append(f"  {s['topic']}/{s['partition']}: {metrics}")
+        if s.get("estimate"):
+            metric_lines.append(f"  {s['topic']}/{s['partition']}: {_estimate_line(s['estimate'])}")
         if s.get("signature") not in (None, "ok"):
             metric_lines.append(f"  {s['topic']}/{s['partition']}: {s['signature']}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     table = ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([head, *table, "metrics:", *metric_lines])
+
+
+def _estimate_line(estimate: dict[str, Any]) -> str:
+    """A shard's accuracy estimated from its confidence: the newest window's, and the
+    newest labelled window's beside its realised accuracy.
+
+    >>> _estimate_line({"latest": {"index": 7, "first_offset": 7000, "last_offset": 7999,
+    ...     "estimated": 0.9}, "labelled": {"index": 5, "estimated": 0.91, "realised": 0.9},
+    ...     "reference": 0.92}).split("; ")[1:]
+    ['labelled window 5: estimated 0.9100, realised 0.9000', 'reference 0.9200']
+    """
+    latest, labelled = estimate.get("latest"), estimate.get("labelled")
+    parts = [
+        "estimated accuracy -"
+        if latest is None
+        else f"estimated accuracy {_num(latest['estimated'])} (window {latest['index']}, "
+        f"offsets {latest['first_offset']}-{latest['last_offset']})"
+    ]
+    if labelled is not None:
+        parts.append(
+            f"labelled window {labelled['index']}: estimated {_num(labelled['estimated'])}, "
+            f"realised {_num(labelled['realised'])}"
+        )
+    parts.append(f"reference {_num(estimate.get('reference'))}")
+    return "; ".join(parts)
 
 
 def _num(value: Any) -> str:

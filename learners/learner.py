@@ -13,7 +13,8 @@ from typing import Any
 from river import base, compose
 
 from livelearn.errors import InvalidEvent, SnapshotRefused
-from livelearn.learners.monitor import Monitor
+from livelearn.learners.estimate import AccuracyEstimate
+from livelearn.learners.monitor import Monitor, MonitorSpec
 from livelearn.learners.snapshot import Binding, SnapshotCodec
 from livelearn.learners.spec import DelayedLabels, ModelSpec
 
@@ -96,6 +97,9 @@ class Learner:
     _rolled: list[Any] | None = None
     _rolled_inputs = (0, 0)
     _window_cap = sys.maxsize
+    # A learner pickled before the accuracy estimate has none (its pending predictions
+    # carry no window), and one is built for it when restored (`__setstate__`).
+    _estimate: AccuracyEstimate | None = None
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -118,14 +122,17 @@ class Learner:
         self._select = spec if spec.include is not None or spec.exclude else None
         monitor = getattr(spec, "monitor", None)
         self._monitor = None if monitor is None else Monitor(monitor, self._classifier)
+        self._estimate = _estimate_for(spec)
         self.events_learned = 0
         self.events_scored = 0
         self.drift_detections = 0
         self.drift_offsets: collections.deque[int] = collections.deque(maxlen=_DRIFT_OFFSETS_KEPT)
         self.last_offset: int | None = None
         # Delayed labels (spec.delayed_labels): predictions awaiting their label, by event
-        # id in prediction order, and bounded records of joined and expired ids.
-        self._pending: dict[str, tuple[Mapping[str, Any], Any, Any, int]] = {}
+        # id in prediction order (the features learned on, the prediction, the
+        # probabilities a metric scores, the event time, and for the accuracy estimate the
+        # window and the confidence), and bounded records of joined and expired ids.
+        self._pending: dict[str, tuple[Any, ...]] = {}
         self._joined: dict[str, None] = {}
         self._expired: dict[str, None] = {}
         self._newest_ms = 0
@@ -140,6 +147,8 @@ class Learner:
                 errors[:] = [detector.width, detector.total, 0.0]
             self._drift_errors = errors
             self._drift_pending = None
+        if "_estimate" not in state:  # a checkpoint from before the accuracy estimate
+            self._estimate = _estimate_for(self.spec)
 
     def reset_metrics(self) -> None:
         """Start the cumulative and rolling metrics afresh; the model, counts and drift
@@ -219,6 +228,8 @@ class Learner:
         if label is None:  # nothing to score: no probabilities asked for
             return self._scored(features, x, offset, ts_ms, scoring=False)[0]
         y_pred, proba = self._scored(features, x, offset, ts_ms)
+        if self._estimate is not None:  # a delayed model's event that came with its label
+            self._estimate_labelled(y_pred, proba, label, offset, ts_ms)
         self._learn(x, label, y_pred, proba, offset)
         return y_pred
 
@@ -228,8 +239,19 @@ class Learner:
         """Score a labelled event of the holdout into the holdout metrics; never learn it."""
         x = features if self._select is None else self._select.select_features(features)
         y_pred, proba = self._scored(features, x, offset, ts_ms)
+        if self._estimate is not None:
+            self._estimate_labelled(y_pred, proba, label, offset, ts_ms)
         self._score_holdout(label, y_pred, proba)
         return y_pred
+
+    def _estimate_labelled(
+        self, y_pred: Any, proba: Any, label: Any, offset: int, ts_ms: int | None
+    ) -> None:
+        """A prediction and its label at once, for the accuracy estimate."""
+        assert self._estimate is not None
+        confidence = _confidence(y_pred, proba)
+        window = self._estimate.predicted(confidence, offset, ts_ms)
+        self._estimate.labelled(window, confidence, y_pred == label)
 
     def _score_holdout(self, label: Any, y_pred: Any, proba: Any) -> None:
         for metric, wants_proba in zip(self._holdout_metrics, self._wants_proba, strict=True):
@@ -261,7 +283,14 @@ class Learner:
             )
         x = features if self._select is None else self._select.select_features(features)
         y_pred, proba = self._scored(features, x, offset, ts_ms)
-        self._pending[event_id] = (x, y_pred, proba, ts_ms)
+        estimate = self._estimate
+        if estimate is None:
+            self._pending[event_id] = (x, y_pred, proba, ts_ms)
+        else:
+            confidence = proba.get(y_pred) if proba else None  # as `_confidence`, inlined
+            window = estimate.predicted(confidence, offset, ts_ms)
+            scored = proba if self._proba_metrics else None
+            self._pending[event_id] = (x, y_pred, scored, ts_ms, window, confidence)
         self._newest_ms = max(self._newest_ms, ts_ms)
         oldest = self._newest_ms - delayed.max_age_s * 1000
         pending = self._pending
@@ -269,7 +298,9 @@ class Learner:
             first = next(iter(pending))
             if len(pending) <= delayed.max_pending and pending[first][3] >= oldest:
                 break
-            del pending[first]
+            gone = pending.pop(first)
+            if estimate is not None:
+                estimate.expired(gone[4] if len(gone) > 4 else None)
             self._forget(self._expired, first)
             self.label_counts["expired"] += 1
         return y_pred
@@ -295,7 +326,14 @@ class Learner:
                 outcome, why = "unmatched", "was never seen by this shard"
             # Not counted here: the learner is untouched, and the worker counts the dead letter.
             raise InvalidEvent(f"label_{outcome}", f"the prediction for event {event_id!r} {why}")
-        x, y_pred, proba, predicted_ms = kept
+        if len(kept) > 4:
+            x, y_pred, proba, predicted_ms, window, confidence = kept
+        else:  # kept before the estimate: in no window; calibrates with kept probabilities
+            x, y_pred, proba, predicted_ms = kept
+            window, confidence = None, _confidence(y_pred, proba)
+        estimate = self._estimate
+        if estimate is not None:
+            estimate.labelled(window, confidence, y_pred == label)
         self.last_offset = offset
         if self._holdout_metrics and in_holdout(event_id, self.spec.holdout):
             self._score_holdout(label, y_pred, proba)
@@ -303,7 +341,8 @@ class Learner:
             self._learn(x, label, y_pred, proba, offset)
         self._forget(self._joined, event_id)
         self.label_counts["joined"] += 1
-        return max(0.0, (ts_ms - predicted_ms) / 1000)
+        delay: float = max(0.0, (ts_ms - predicted_ms) / 1000)
+        return delay
 
     @property
     def events_only_scored(self) -> int:
@@ -360,9 +399,10 @@ class Learner:
         return y_pred, proba
 
     def _predict(self, x: Mapping[str, Any]) -> tuple[Any, Any]:
-        """The predicted label and, when a metric scores probabilities, the probabilities."""
+        """The predicted label and, when a metric scores probabilities or the accuracy is
+        estimated, the probabilities."""
         model = self._model
-        if self._proba_metrics:
+        if self._proba_metrics or self._estimate is not None:
             proba = model.predict_proba_one(x)
             if not self._label_from_proba:
                 return model.predict_one(x), proba
@@ -406,7 +446,7 @@ class Learner:
                         self._confirm_drift()
                     if detector.drift_detected:
                         self._cut(detector, errors, offset)
-        if proba:
+        if proba and self._proba_metrics:
             for metric in self._proba_metrics:
                 metric.update(label, proba)
             window = self._proba_window
@@ -545,6 +585,7 @@ class Learner:
                 if getattr(self.spec, "delayed_labels", None) is not None
                 else {}
             ),
+            **({"estimate": self._estimate.stats()} if self._estimate is not None else {}),
         }
 
     def _holdout_stats(self) -> dict[str, Any]:
@@ -566,6 +607,26 @@ class Learner:
                 gap = progressive - holdout
                 gaps[name] = gap if held.bigger_is_better else -gap
         return {"events": self.holdout_scored, "metrics": values, "gap": gaps}
+
+
+def _confidence(y_pred: Any, proba: Any) -> float | None:
+    """The probability the model gave the class it predicted; None when it predicted
+    none, or gave no probability for that class (the estimate skips one outside [0, 1]).
+
+    >>> _confidence(True, {True: 0.8, False: 0.2}), _confidence(None, {})
+    (0.8, None)
+    """
+    confidence: float | None = proba.get(y_pred) if proba else None
+    return confidence
+
+
+def _estimate_for(spec: ModelSpec) -> AccuracyEstimate | None:
+    """The accuracy estimate of a classifier with delayed labels, in the monitor's windows
+    (its default size when the monitor is off); None for any other model."""
+    if spec.task == "regression" or getattr(spec, "delayed_labels", None) is None:
+        return None
+    monitor = getattr(spec, "monitor", None) or MonitorSpec()
+    return AccuracyEstimate(monitor.window)
 
 
 def _keep_last(window: collections.deque[tuple[Any, Any]], size: int) -> None:

@@ -60,6 +60,9 @@ _LATENCY_SAMPLE = 16
 # The client made from settings retries a failed command briefly: the reload thread has its
 # own backoff, and redis-py's default retries would hide an outage from ready() for longer.
 _CLIENT_RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.02), 1)
+# The metric label of a release's estimated accuracy (livelearn_release_reference_metric),
+# the reference the live estimate is compared with (config/alerts.yml).
+ESTIMATE_REFERENCE = "EstimatedAccuracy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +323,7 @@ class Lookup:
                 # the holdout (None otherwise).
                 "monitor": s.stats.get("monitor"),
                 "labels": s.stats.get("labels"),
+                "estimate": s.stats.get("estimate"),
                 "holdout": s.stats.get("holdout"),
                 "updated_at": s.updated_at,
                 "age_seconds": round(now - s.updated_at, 3),
@@ -414,7 +418,13 @@ class Lookup:
         if state.release is None:
             return
         weighted = combine_metrics(
-            [(s.stats.get("metrics", {}), s.stats.get("events_learned", 0)) for s in state.shards]
+            [
+                (
+                    {**s.stats.get("metrics", {}), **_estimate_reference(s.stats)},
+                    s.stats.get("events_learned", 0),
+                )
+                for s in state.shards
+            ]
         )
         exported = self._references[model] = []
         for metric, value in weighted.items():
@@ -422,6 +432,18 @@ class Lookup:
                 labels = (model, str(state.release), metric)
                 gauge.labels(*labels).set(value)
                 exported.append(labels)
+
+
+def _estimate_reference(stats: Mapping[str, Any]) -> dict[str, float | None]:
+    """A shard's accuracy estimated from its confidence when the release was made (the mean
+    of its last closed windows' estimates), as the metric ``ESTIMATE_REFERENCE``; nothing
+    for a model without the estimate, or a release made before it.
+
+    >>> _estimate_reference({"estimate": {"reference": 0.9}}), _estimate_reference({})
+    ({'EstimatedAccuracy': 0.9}, {})
+    """
+    reference = (stats.get("estimate") or {}).get("reference")
+    return {} if reference is None else {ESTIMATE_REFERENCE: reference}
 
 
 def _client_from(settings: Settings) -> redis.Redis:

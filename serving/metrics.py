@@ -101,7 +101,9 @@ class ServingMetrics:
         self.release_metric = Gauge(
             "livelearn_release_reference_metric",
             "Metrics of the release a model serves (pinned), weighted over its shards: the "
-            "reference the live model's rolling metrics are compared with.",
+            "reference the live model's rolling metrics are compared with; EstimatedAccuracy: "
+            "the accuracy its shards estimated from their confidence when it was made, the "
+            "reference of livelearn_estimated_accuracy_ratio.",
             ["model", "release", "metric"],
             registry=r,
         )

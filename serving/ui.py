@@ -138,6 +138,7 @@ class StatusBoard:
                 (m["shifted_feature"] for s in shards if (m := s.get("monitor"))), None
             ),
             "labels": labels,
+            "estimate": _estimate(shards),
             "firing": sorted(firing),
             "history": list(history.points),
         }
@@ -255,6 +256,35 @@ def _alarms(shards: list[dict[str, Any]]) -> dict[str, int]:
         for signal, count in (shard.get("monitor") or {}).get("alarms", {}).items():
             out[signal] += count
     return dict(out)
+
+
+def _estimate(shards: list[dict[str, Any]]) -> dict[str, float | None] | None:
+    """The accuracy estimated from the shards' confidence (newest windows), and the
+    estimated and realised accuracy of their newest labelled windows, weighted by events
+    learned; None for a model without the estimate.
+
+    >>> shard = {"latest": {"estimated": 0.8}, "labelled": {"estimated": 0.9, "realised": 0.7}}
+    >>> _estimate([{"estimate": shard, "events_learned": 1},
+    ...            {"estimate": {"latest": {"estimated": 0.9}}, "events_learned": 3}])
+    {'estimated': 0.875, 'labelled_estimated': 0.9, 'realised': 0.7}
+    >>> _estimate([{"events_learned": 1}]) is None
+    True
+    """
+    rows = [(s["estimate"], s["events_learned"]) for s in shards if s.get("estimate")]
+    if not rows:
+        return None
+    parts = [
+        (
+            {
+                "estimated": (e.get("latest") or {}).get("estimated"),
+                "labelled_estimated": (e.get("labelled") or {}).get("estimated"),
+                "realised": (e.get("labelled") or {}).get("realised"),
+            },
+            weight,
+        )
+        for e, weight in rows
+    ]
+    return combine_metrics(parts)
 
 
 def _labels(shards: list[dict[str, Any]]) -> dict[str, int] | None:
@@ -455,6 +485,11 @@ function render(status) {
     fact("events learned", String(m.events_learned), "learned");
     fact(m.primary_metric || "metric", fmt(m.metrics[m.primary_metric]));
     fact("rolling", fmt(m.rolling_metrics[m.primary_metric]));
+    if (m.estimate) {
+      fact("accuracy estimated (newest window)", fmt(m.estimate.estimated));
+      fact("labelled window: estimated / realised",
+           fmt(m.estimate.labelled_estimated) + " / " + fmt(m.estimate.realised));
+    }
     if (m.labels) {
       fact("labels joined / expired / pending",
            m.labels.joined + " / " + m.labels.expired + " / " + m.labels.pending);

@@ -83,6 +83,19 @@ class Reporting(WorkerState):
                 m.holdout_gap.labels(*labels, name).set(gap)
         if "monitor" in stats:
             self._report_monitor(shard, stats["monitor"], labels)
+        if "estimate" in stats:
+            self._report_estimate(stats["estimate"], labels)
+
+    def _report_estimate(self, estimate: Mapping[str, Any], labels: tuple[str, str, str]) -> None:
+        """The estimated accuracy of the newest window, and the estimated and realised
+        accuracy of the newest labelled window (the same predictions)."""
+        m = self._metrics
+        latest, labelled = estimate.get("latest"), estimate.get("labelled")
+        if latest is not None and latest.get("estimated") is not None:
+            m.estimated_accuracy.labels(*labels, "latest").set(latest["estimated"])
+        if labelled is not None and labelled.get("realised") is not None:
+            m.estimated_accuracy.labels(*labels, "labelled").set(labelled["estimated"])
+            m.realised_accuracy.labels(*labels).set(labelled["realised"])
 
     def _report_counts(self, part: Partition) -> None:
         events = self._metrics.events
@@ -215,6 +228,11 @@ class Reporting(WorkerState):
                     gauge.remove(*labels)
             with contextlib.suppress(KeyError):
                 m.pending_labels.remove(*labels)
+            with contextlib.suppress(KeyError):
+                m.realised_accuracy.remove(*labels)
+            for window in ("latest", "labelled"):
+                with contextlib.suppress(KeyError):
+                    m.estimated_accuracy.remove(*labels, window)
             for signal in SIGNALS:
                 for gauge in (m.signal, m.signal_threshold):
                     with contextlib.suppress(KeyError):

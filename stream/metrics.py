@@ -183,6 +183,22 @@ class WorkerMetrics:
             ["model", "topic", "partition", "signal", "feature"],
             registry=r,
         )
+        self.estimated_accuracy = Gauge(
+            "livelearn_estimated_accuracy_ratio",
+            "A classifier's accuracy estimated from its calibrated confidence (delayed_labels "
+            "models), per monitor window of predictions: window=latest is the newest closed "
+            "window, labels or not; window=labelled the newest whose labels all came (joined "
+            "or expired), beside livelearn_realised_accuracy_ratio for the same predictions.",
+            ["model", "topic", "partition", "window"],
+            registry=r,
+        )
+        self.realised_accuracy = Gauge(
+            "livelearn_realised_accuracy_ratio",
+            "The accuracy the joined labels realised for the newest labelled window (see "
+            'livelearn_estimated_accuracy_ratio{window="labelled"}).',
+            ["model", "topic", "partition"],
+            registry=r,
+        )
         self.labels = Counter(
             "livelearn_labels",
             "Predictions awaiting a delayed label that were joined to it, or expired without "

@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from livelearn.stream.metrics import WorkerMetrics
 
-# "_up": a 1/0 state without a unit, as Prometheus' own ``up``.
-UNITS = ("_seconds", "_bytes", "_events", "_total", "_partitions", "_metric", "_up")
+# "_up": a 1/0 state without a unit, as Prometheus' own ``up``; "_ratio": a share from 0 to
+# 1, Prometheus' base unit for one (an accuracy).
+UNITS = ("_seconds", "_bytes", "_events", "_total", "_partitions", "_metric", "_up", "_ratio")
 
 
 def test_names_prefixes_and_units() -> None:
