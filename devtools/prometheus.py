@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from livelearn.errors import StackError
 
@@ -46,7 +46,28 @@ PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus"}
 _READY_TIMEOUT_S = 60.0
 
 
-class LocalPrometheus:
+class _Started:
+    """A context manager over ``start`` and ``stop``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalPrometheus(_Started):
     """A ``prometheus`` child process that scrapes ``targets`` (``host:port``) and
     evaluates ``rules``; a context manager that stops it on exit.
 
@@ -198,25 +219,14 @@ class LocalPrometheus:
         """How many of the scrape targets answered their last scrape."""
         return sum(float(s["value"][1]) == 1 for s in self.query('up{job="livelearn-worker"}'))
 
-    def __enter__(self) -> LocalPrometheus:
-        return self.start()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class AlertWatch:
+class AlertWatch(_Started):
     """Polls a `LocalPrometheus`'s alerts from a thread, every ``every_s`` seconds, and keeps
     each alert ever active (by its labels): when it became active, and whether and when it
     was seen firing. An alert whose labels change (a label-free alarm that names another
     feature) is a new alert to Prometheus: both are kept.
 
-    A context manager: polls from entry to exit.
+    A context manager: polls from `start` (entry) to `stop` (exit).
     """
 
     def __init__(self, prometheus: LocalPrometheus, every_s: float = 0.5) -> None:
@@ -260,16 +270,13 @@ class AlertWatch:
         with self._lock:
             return [dict(record) for record in self._seen.values()]
 
-    def __enter__(self) -> AlertWatch:
+    def start(self) -> AlertWatch:
+        """Start polling."""
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop polling, after one last read."""
         self._stop.set()
         self._thread.join(timeout=30)
         self.poll()
