@@ -14,7 +14,7 @@ with ``for: 0m``, so the first evaluation that sees their counter move makes the
 an alert with a longer ``for:`` stays pending for that long, and a short test sees it
 pending at most. Only the scrape and evaluation intervals are shortened.
 
-Needs only the standard library.
+Needs nothing beyond the standard library and the error tree (`livelearn.errors`).
 """
 
 from __future__ import annotations
