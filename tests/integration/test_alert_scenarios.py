@@ -355,6 +355,8 @@ def test_each_change_fires_its_alert_in_prometheus(run: Run, scenario: Scenario)
     seconds = alert["active_at"] - run.changed_at
     detected = _first_detection(run.specs[scenario.name], scenario, run.events[scenario.name])
     assert detected >= CHANGE_AT, f"the learner flagged {scenario.name} before the change"
+    if scenario.signal is not None:  # the monitor's promise: within two windows
+        assert detected - CHANGE_AT < 2 * MONITOR["window"], detected
     stats = _stats(run, scenario.name)
     if scenario.signal is None:  # the worker's checkpoint holds the same detections
         assert stats["drift_detections"] >= 1
