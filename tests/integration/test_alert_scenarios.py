@@ -8,11 +8,11 @@ before the changes start; then ``AFTER`` more, sent at ``RATE`` a second per top
 changed ones changed from the first. For each change the matching alert must reach
 ``firing``; its detection delay is reported in events (from the change to the event on
 which the learner's signal passed its threshold: the alarming window's last event, or
-the drift detector's confirmed cut) and in seconds (from the first changed event sent to
-the time Prometheus made the alert active, the worker's checkpoint cadence and the
-scrape and evaluation intervals included). The events are counted by running the same
-spec's learner over the same events, as a replay does, and checked against what the
-worker itself checkpointed.
+the event on which the drift detector confirmed a rise) and in seconds (from the first
+changed event sent to the time Prometheus made the alert active, the worker's checkpoint
+cadence and the scrape and evaluation intervals included). The events are counted by
+running the same spec's learner over the same events, as a replay does, and checked
+against what the worker itself checkpointed.
 
 The monitor's windows are small (``MONITOR``) so that the run fits in a few minutes;
 its false-alarm budget is the default one.
@@ -68,10 +68,10 @@ CHANGE_AT = 4570
 AFTER = 1600
 RATE = 200.0
 BASE_MS = 1_700_000_000_000
-# Events a second of event time, as sent after the change.
+# Event time between events, as they are sent after the change.
 STEP_MS = round(1000 / RATE)
 # River's defaults (SGD, learning rate 0.01): a model that takes a few hundred events to
-# learn a flipped label back, as most do. One that takes a few dozen (a learning rate of
+# learn a flipped label back. One that takes a few dozen (a learning rate of
 # 0.1 on these events) is back at its old error before the drift detector's confirmation
 # (learners/learner.py) ends, and its flip is never counted.
 LINEAR_PIPELINE = [
