@@ -15,9 +15,11 @@ and the alerts that reached ``firing`` (and those only ever pending), each also 
 million events. The worker's own alerts (no model label) are reported apart.
 
 ``python -m bench alerts [--events 1000000] [--datasets phishing agrawal categories]
-[--models linear tree] [--interval 1.0]``; the defaults are the full run (six million
-model-events). Kafka and Redis: from ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS`` and
-``LIVELEARN_REDIS__URL``, else the local stack.
+[--models linear tree] [--interval 1.0] [--linger 420]``; the defaults are the full run
+(six million model-events), and Prometheus keeps evaluating for ``--linger`` seconds after
+the last event is learned, so that an alert on streams that stop has the time to fire.
+Kafka and Redis: from ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS`` and ``LIVELEARN_REDIS__URL``,
+else the local stack.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def _counts(prometheus: LocalPrometheus, metric: str, by: str) -> dict[tuple[str
     }
 
 
-def run(datasets: list[str], models: list[str], events: int, interval: float) -> dict[str, Any]:
+def run(
+    datasets: list[str], models: list[str], events: int, interval: float, linger: float
+) -> dict[str, Any]:
     """One run; returns the report (also printed line by line as it goes)."""
     bootstrap, redis_url = services()
     tag = uuid.uuid4().hex[:8]
@@ -134,8 +138,10 @@ def run(datasets: list[str], models: list[str], events: int, interval: float) ->
             for thread in producers:
                 thread.start()
             _wait_learned(store, names, topics, events, worker, failed, started)
-            time.sleep(3 * interval)  # the last checkpoints scraped and evaluated
             seconds = time.monotonic() - started
+            # The last checkpoints scraped and evaluated, and the rules that look back
+            # minutes given the time to see the streams stop.
+            time.sleep(3 * interval + linger)
             alarms = _counts(prometheus, "livelearn_label_free_alarms_total", "model, signal")
             drift = _counts(prometheus, "livelearn_drift_detections_total", "model")
         report = _report(names, topics, events, store, alarms, drift, watch.seen(), seconds)
@@ -236,8 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=420.0,
+        help="seconds Prometheus keeps evaluating after the last event is learned (the "
+        "rules look back up to 5 minutes, and some wait 2 more before firing)",
+    )
     args = parser.parse_args(argv)
-    run(args.datasets, args.models, args.events, args.interval)
+    run(args.datasets, args.models, args.events, args.interval, args.linger)
 
 
 if __name__ == "__main__":
