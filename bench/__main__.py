@@ -1,9 +1,9 @@
 """``python -m bench [NAME [ARGS...]]``: run the benchmarks (``make bench ARGS="..."``).
 
-``python -m bench`` runs every benchmark but the soak in one process, one after the
-other, each with its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
-worker, replay, lookup, api, api-load, shards, snapshot, monitor and soak, with its own
-arguments; e.g.
+``python -m bench`` runs every benchmark but the soak and the alerts in one process,
+one after the other, each with its defaults. ``python -m bench NAME ARGS...`` runs
+one, NAME one of consume, worker, replay, lookup, api, api-load, shards, snapshot,
+monitor, alerts and soak, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bench import (
+    bench_alerts,
     bench_api,
     bench_api_load,
     bench_consume,
@@ -64,9 +65,10 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "snapshot": bench_snapshot.main,
     "monitor": bench_monitor.main,
     "soak": soak.main,
+    "alerts": bench_alerts.main,
 }
-# Run only when named: the soak takes minutes and has its own target, `make soak`.
-ALONE = {"soak"}
+# Run only when named: each takes many minutes (the soak has its own target, `make soak`).
+ALONE = {"soak", "alerts"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

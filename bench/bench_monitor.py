@@ -85,6 +85,11 @@ STREAMS = {"phishing": _phishing, "agrawal": _agrawal, "categories": _categories
 
 
 def _spec(dataset: str, model: str) -> ModelSpec:
+    return ModelSpec.model_validate(spec_body(dataset, model))
+
+
+def spec_body(dataset: str, model: str, topic: str = "t") -> dict[str, Any]:
+    """The spec of ``model`` (linear, tree) for ``dataset``, as a model's configuration."""
     if model == "tree":
         pipeline: list[dict[str, Any]] = [{"class": "tree.HoeffdingTreeClassifier"}]
     elif dataset == "categories":
@@ -99,14 +104,14 @@ def _spec(dataset: str, model: str) -> ModelSpec:
         ]
     body: dict[str, Any] = {
         "name": f"{dataset}-{model}",
-        "topics": ["t"],
+        "topics": [topic],
         "task": "binary",
         "pipeline": pipeline,
         "metrics": ["Accuracy"],
     }
     if model == "linear" and dataset == "categories":
         body["include"] = ["region", "device"]  # the numeric ones are watched, not learned
-    return ModelSpec.model_validate(body)
+    return body
 
 
 def false_alarms(dataset: str, model: str, events: int) -> dict[str, Any]:

@@ -12,7 +12,11 @@ imports it.
 - `devtools.apt`: the one place that runs ``apt-get``: installs the Debian packages of
   missing commands (as root), waiting for another apt-get's lock
   (``python -m livelearn.devtools.apt COMMAND=PACKAGE ...``).
+- `devtools.prometheus`: a real Prometheus (Debian's ``prometheus``) on a free port,
+  scraping given workers and evaluating ``config/alerts.yml``, and a watch of its alerts,
+  for the alert scenarios (tests/integration/test_alert_scenarios.py) and
+  ``python -m bench alerts``.
 
-The three need only the standard library (and the ``docker`` command line), so ``.ci/run``
+The first three need only the standard library (and the ``docker`` command line), so ``.ci/run``
 can use them before the project's virtual environment exists.
 """

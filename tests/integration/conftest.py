@@ -265,6 +265,17 @@ class Deployment:
         return dict(row["stats"])
 
 
+def service_env(services: Any) -> dict[str, str]:
+    """This process's environment with the session's services and the test keys."""
+    return {
+        **os.environ,
+        "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": services.bootstrap_servers,
+        "LIVELEARN_REDIS__URL": services.redis_url,
+        "LIVELEARN_SECURITY__SNAPSHOT_KEY": SNAPSHOT_KEY,
+        "LIVELEARN_SECURITY__HASH_KEY": HASH_KEY,
+    }
+
+
 @pytest.fixture
 def deploy(
     services: Any, unique_name: str, redis_client: redis.Redis, tmp_path: Path
@@ -301,13 +312,7 @@ def deploy(
             config[section] = {**config.get(section, {}), **values}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        env = {
-            **os.environ,
-            "LIVELEARN_KAFKA__BOOTSTRAP_SERVERS": services.bootstrap_servers,
-            "LIVELEARN_REDIS__URL": services.redis_url,
-            "LIVELEARN_SECURITY__SNAPSHOT_KEY": SNAPSHOT_KEY,
-            "LIVELEARN_SECURITY__HASH_KEY": HASH_KEY,
-        }
+        env = service_env(services)
         dep = Deployment(
             path,
             env,

@@ -1,12 +1,16 @@
 """Developer tooling: every image the compose file and the tests use has an offline
-stand-in, and the engine helper tells an answering engine from a silent socket."""
+stand-in, the engine helper tells an answering engine from a silent socket, and the local
+Prometheus is configured as Prometheus accepts."""
 
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
+import shutil
 import socketserver
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from livelearn.devtools import engine, images
+from livelearn import StackError
+from livelearn.devtools import engine, images, prometheus
 from tests.conftest import KAFKA_IMAGE, REDIS_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +91,28 @@ def test_down_stops_nothing_it_did_not_start(tmp_path: Path) -> None:
     assert engine.status(tmp_path) is None
     assert engine.down(tmp_path) is False
     assert not (tmp_path / "dockerd.pid").exists()
+
+
+def test_the_local_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """The configuration LocalPrometheus writes is one Prometheus accepts, with the rules,
+    and scrapes the job the rules name."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool on PATH (Debian's prometheus package)")
+    local = prometheus.LocalPrometheus(tmp_path, ["127.0.0.1:9400"], interval_s=0.5)
+    config = local.config()
+    path = tmp_path / "prometheus.yml"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [promtool, "check", "config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rules found" in result.stdout
+    assert config["scrape_configs"][0]["job_name"] == "livelearn-worker"
+    assert 'job="livelearn-worker"' in prometheus.ALERTS.read_text()
+
+
+def test_a_missing_prometheus_says_what_to_install(tmp_path: Path) -> None:
+    local = prometheus.LocalPrometheus(tmp_path, [], binary="no-such-prometheus")
+    with pytest.raises(StackError, match="apt-get install --no-install-recommends prometheus"):
+        local.start()
