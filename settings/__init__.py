@@ -122,6 +122,12 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     key_prefix: str = Field("livelearn", pattern=r"^[A-Za-z0-9_.-]+$")
     socket_timeout_s: float = Field(5.0, gt=0)
+    # Replicas a checkpoint waits for (WAIT) before Kafka's offsets follow it; None: one on
+    # a cluster or a server with replicas, none on a lone server.
+    wait_replicas: int | None = Field(None, ge=0)
+    # How long a checkpoint waits for them; past it the checkpoint stands, counted and
+    # logged, and the partition's offset commit waits for a later acknowledged checkpoint.
+    wait_timeout_ms: int = Field(1000, gt=0)
 
 
 class OutageSettings(_Section):
