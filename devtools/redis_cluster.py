@@ -210,13 +210,20 @@ class RedisCluster:
         )
 
     def _ok(self, node: int) -> bool:
-        info = _command(self._client(node), "CLUSTER", "INFO")
+        """Whether ``node`` says the cluster is ok and, if it is a replica, that its link to
+        its master is up (synced: a write can be acknowledged by it)."""
+        client = self._client(node)
+        info = _command(client, "CLUSTER", "INFO")
         text = info.decode() if isinstance(info, bytes) else str(info)
         fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        replication: dict[str, Any] = client.info("replication")
         return (
             fields.get("cluster_state") == "ok"
             and int(fields.get("cluster_slots_ok", 0)) == 16384
             and int(fields.get("cluster_size", 0)) >= self._masters
+            and (
+                replication.get("role") != "slave" or replication.get("master_link_status") == "up"
+            )
         )
 
     def _owner(self, slot: int) -> int:
