@@ -159,3 +159,34 @@ def test_a_master_killed_mid_stream_loses_no_event_and_serving_follows(
         lookup.close()
     assert worker.terminate() == 0, worker.tail()
     assert_learned_as_rivers_loop(dep.learner(), events)
+
+
+def test_a_checkpoint_no_replica_acknowledges_holds_the_offset_commit(make_topic, deploy) -> None:
+    """A lone server asked to WAIT for a replica never gets one: every checkpoint stands,
+    is counted and logged, and Kafka's committed offset never passes it."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = make_topic(partitions=1)
+    dep = deploy(
+        topic,
+        checkpoint={"every_events": 100, "every_seconds": 0.5},
+        settings={"redis": {"wait_replicas": 1, "wait_timeout_ms": 50}},
+    )
+    events = phishing_events(n=400)
+    produce(dep.bootstrap, topic, encode(events))
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 400, 60, "400 events checkpointed", context=worker.tail)
+    wait_for(
+        lambda: _counter(worker, "livelearn_checkpoint_unreplicated_total") >= 4,
+        30,
+        "the unacknowledged checkpoints counted",
+        context=worker.tail,
+    )
+    assert "0 of 1 replica(s) acknowledged it" in worker.log()
+    assert worker.terminate() == 0, worker.tail()
+    consumer = KafkaConsumer(bootstrap_servers=dep.bootstrap, group_id=f"g-{dep.model}")
+    try:
+        assert consumer.committed(TopicPartition(topic, 0)) is None  # held, never committed
+    finally:
+        consumer.close()
+    assert_learned_as_rivers_loop(dep.learner(), events)
