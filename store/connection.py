@@ -189,7 +189,7 @@ def checkpoint_store(settings: Settings, client: Client) -> RedisCheckpointStore
         client,
         settings.redis.key_prefix,
         wait_replicas=settings.redis.wait_replicas,
-        wait_timeout_ms=settings.redis.wait_timeout_ms,
+        wait_timeout_ms=settings.redis.wait_timeout(),
     )
 
 
