@@ -24,7 +24,7 @@ from livelearn.store.connection import parse_redis_url, redis_client
     ids=["no-node", "bad-port", "cluster-db", "no-service", "bad-db"],
 )
 def test_a_bad_url_names_the_setting(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match="redis.url") as info:
+    with pytest.raises(ConfigError, match=r"redis\.url") as info:
         parse_redis_url(url)
     assert message in str(info.value)
 
@@ -44,7 +44,7 @@ def test_a_sentinel_url_makes_a_client_of_the_master_it_names() -> None:
 
 
 def test_a_cluster_that_does_not_answer_is_unavailable() -> None:
-    with pytest.raises(ServiceUnavailable, match="Redis Cluster at redis.url=redis"):
+    with pytest.raises(ServiceUnavailable, match=r"Redis Cluster at redis\.url=redis"):
         redis_client(
             Settings(redis={"url": "redis+cluster://127.0.0.1:1", "socket_timeout_s": 0.5})
         )
