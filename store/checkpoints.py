@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,8 @@ from livelearn.store._client import (
     node_client,
 )
 from livelearn.store._keys import Keys
+
+log = logging.getLogger("livelearn.store")
 
 
 @dataclass(frozen=True, order=True)
@@ -394,8 +397,11 @@ class RedisCheckpointStore:
             raise VersionConflict(str(shard), version, int(current))
         if written < 0:
             raise StaleEpochError(str(shard), epoch, int(current) if current else None)
-        with self._answering():
+        try:
             self._list(shard.model)
+        except (redis.RedisError, redis_errors.RedisClusterException) as exc:
+            # The checkpoint stands; the name is added by the next save or claim.
+            log.warning("model %s not yet in %s: %s", shard.model, self.keys.models(), exc)
         if acked is not None and int(acked) < wanted:
             raise NotReplicated(str(shard), written, int(acked), wanted, self._wait_timeout_ms)
         return written
