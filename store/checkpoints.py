@@ -25,9 +25,10 @@ Durability: with ``wait_replicas`` above 0, each write is followed on its connec
 (None) waits for one replica on a cluster or a server that has replicas, and for none on
 a lone server.
 
-A deployment from before hash tags is migrated by ``migrate`` (every shard and release,
-at the worker's start-up) and shard by shard on each claim: atomic per shard, idempotent,
-and safe with two workers racing (an epoch never goes down; the higher version wins).
+A deployment from before hash tags is migrated by ``migrate`` (every shard and release;
+run by a store's first claim, so by each worker once Redis answers, and by the command
+line) and shard by shard on each claim: atomic per shard, idempotent, and safe with two
+workers racing (an epoch never goes down; the higher version wins).
 
 An epoch is never handed out twice, even by a Redis that lost its data: a claim takes the
 stored epoch plus one, or Redis' clock in microseconds when that is larger. So a write
@@ -235,6 +236,7 @@ class RedisCheckpointStore:
         self._wait = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._listed: set[str] = set()  # models this store added to the set of names
+        self._migrated = False  # whether this store moved the old layout's keys
 
     @property
     def client(self) -> Client:
@@ -277,12 +279,17 @@ class RedisCheckpointStore:
         if self._cluster:
             return 0
         with self._answering():
-            return _migrate.migrate_all(self._r, self._prefix)  # type: ignore[arg-type]
+            moved = _migrate.migrate_all(self._r, self._prefix)  # type: ignore[arg-type]
+        self._migrated = True
+        return moved
 
     def claim(self, shard: ShardId) -> tuple[int, Checkpoint | None]:
         """Take ownership: bump the shard's epoch; return it with the last checkpoint."""
         with self._answering():
             if not self._cluster:
+                if not self._migrated:  # the worker's first claim: everything, once
+                    _migrate.migrate_all(self._r, self._prefix)  # type: ignore[arg-type]
+                    self._migrated = True
                 _migrate.migrate_shard(self._r, self._prefix, shard)  # type: ignore[arg-type]
             epoch = int(self._claim(keys=[self._epoch_key(shard)]))
             checkpoint = self.load(shard)
@@ -384,12 +391,7 @@ class RedisCheckpointStore:
         with self._answering():
             wanted = self.wait_replicas()
             if wanted:
-                # WAIT counts the writes of its own connection: both go down one, to the
-                # master of the shard's slot.
-                pipe = node_client(self._r, keys[0]).pipeline(transaction=False)
-                self._save(keys=keys, args=args, client=pipe)
-                pipe.execute_command("WAIT", wanted, self._wait_timeout_ms)  # type: ignore[no-untyped-call]
-                result, acked = pipe.execute()
+                result, acked = self._save_and_wait(keys, args, wanted)
             else:
                 result = self._save(keys=keys, args=args)
         written, current = int(result[0]), result[1]
@@ -405,6 +407,25 @@ class RedisCheckpointStore:
         if acked is not None and int(acked) < wanted:
             raise NotReplicated(str(shard), written, int(acked), wanted, self._wait_timeout_ms)
         return written
+
+    def _save_and_wait(
+        self, keys: list[str], args: list[bytes | str | int], wanted: int
+    ) -> tuple[Any, Any]:
+        """Run the save script and ``WAIT`` in one round trip on one connection (WAIT counts
+        the writes of its own connection), to the master of the shard's slot; the script's
+        answer and how many replicas acknowledged it."""
+        node = node_client(self._r, keys[0])
+        for _ in range(2):
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(self._save.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", wanted, self._wait_timeout_ms)  # type: ignore[no-untyped-call]
+            try:
+                result, acked = pipe.execute()
+            except redis_errors.NoScriptError:  # a new master: nothing ran; load it, again
+                node.script_load(_SAVE_LUA)
+                continue
+            return result, acked
+        raise redis_errors.NoScriptError(f"the save script vanished from {address(node)} twice")
 
     def write(
         self,

@@ -280,10 +280,6 @@ def build_worker(
 
     consumer = _riding_out(settings, make_consumer)
     store = checkpoint_store(settings, client)
-    # Keys from before hash tags move to the tagged layout (a no-op once done, or on a
-    # cluster); each claim moves its shard again, for a worker of the old layout still
-    # running beside this one.
-    _riding_out(settings, store.migrate)
     dlq = dead_letter_sink(settings)
     worker = Worker(
         settings,
