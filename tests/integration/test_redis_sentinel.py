@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 def sentinel_set(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     """Ports master, replica, sentinel in a row; the three processes."""
     port = free_port_run(3)
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    # --dir: a replica's full sync writes an RDB file there.
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     procs = []
     log = (tmp_path / "redis.log").open("ab")
     procs.append(
