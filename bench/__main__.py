@@ -3,7 +3,7 @@
 ``python -m bench`` runs every benchmark but the soak and the alerts in one process,
 one after the other, each with its defaults. ``python -m bench NAME ARGS...`` runs
 one, NAME one of consume, worker, replay, lookup, api, api-load, shards, snapshot,
-monitor, alerts and soak, with its own arguments; e.g.
+wait, monitor, alerts and soak, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -24,6 +24,7 @@ from bench import (
     bench_replay,
     bench_shards,
     bench_snapshot,
+    bench_wait,
     bench_worker,
     soak,
 )
@@ -63,6 +64,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "api-load": _parsing_argv("api-load", bench_api_load.main),
     "shards": bench_shards.main,
     "snapshot": bench_snapshot.main,
+    "wait": bench_wait.main,
     "monitor": bench_monitor.main,
     "soak": soak.main,
     "alerts": bench_alerts.main,

@@ -199,11 +199,12 @@ def _cmd_stack(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from livelearn.store.checkpoints import RedisCheckpointStore
-    from livelearn.store.connection import connect_redis
+    from livelearn.store.connection import checkpoint_store, connect_redis
 
     settings = _load(args)
-    return RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
+    store = checkpoint_store(settings, connect_redis(settings))
+    store.migrate()  # a deployment from before hash tags, whose workers are not upgraded yet
+    return store
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
@@ -239,16 +240,17 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def _release_store(args: argparse.Namespace) -> Any:
-    from livelearn.store.checkpoints import RedisCheckpointStore
-    from livelearn.store.connection import connect_redis
+    from livelearn.store.connection import checkpoint_store, connect_redis
     from livelearn.store.releases import ReleaseStore
 
     settings = _load(args)
     client = connect_redis(settings)
     prefix = settings.redis.key_prefix
+    store = checkpoint_store(settings, client)
+    store.migrate()  # a deployment from before hash tags, whose workers are not upgraded yet
     return ReleaseStore(
         client,
-        RedisCheckpointStore(client, prefix),
+        store,
         settings.require_keyring(),
         prefix,
         keep=settings.serving.keep_releases,
@@ -492,10 +494,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     threading.Thread(target=stop_when_caught_up, name="demo-watch", daemon=True).start()
     proc.run()
     print()
-    from livelearn.store.checkpoints import RedisCheckpointStore
-    from livelearn.store.connection import connect_redis
+    from livelearn.store.connection import checkpoint_store, connect_redis
 
-    store = RedisCheckpointStore(connect_redis(settings), settings.redis.key_prefix)
+    store = checkpoint_store(settings, connect_redis(settings))
     print(format_model(describe_model(store, spec.name)))
     print(f"\nstate is in Redis; see it again with: {_this_command()} models show {spec.name}")
     print(f"(in a new shell on the local stack, first: export $({_this_command()} stack up))")

@@ -51,8 +51,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a replay from the parsed arguments; print where the report went."""
-    from livelearn.store.checkpoints import RedisCheckpointStore
-    from livelearn.store.connection import connect_redis
+    from livelearn.store.connection import checkpoint_store, connect_redis
     from livelearn.store.releases import ReleaseStore
     from livelearn.stream.app import ensure_topics
     from livelearn.stream.dlq import dead_letter_sink, dlq_topic
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     codec, hash_key = settings.snapshot_codec(), settings.require_secret("hash_key")
     start = parse_start(args.start)
     client = connect_redis(settings)
-    store = RedisCheckpointStore(client, settings.redis.key_prefix)
+    store = checkpoint_store(settings, client)
     releases = ReleaseStore(
         client,
         store,

@@ -13,6 +13,7 @@
     │   └── SnapshotIncompatible               signed, but this build cannot load it
     ├── StaleEpochError                        a checkpoint write lost its fencing epoch
     ├── VersionConflict                        a checkpoint write's version is not the newest
+    ├── NotReplicated                          a checkpoint written, but no replica confirmed it
     ├── ReleaseError (also a ValueError)       no such release, or nothing to freeze
     ├── StackError (also a RuntimeError)       the local developer stack cannot start: exit 69
     └── ServingError                           a prediction cannot be answered
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidFeatures",
     "LivelearnError",
     "ModelNotLoaded",
+    "NotReplicated",
     "ReleaseError",
     "ServiceUnavailable",
     "ServingError",
@@ -182,6 +184,32 @@ class VersionConflict(LivelearnError):
 
     def __reduce__(self) -> tuple[type[VersionConflict], tuple[str, int, int]]:
         return (type(self), (self.shard, self.version, self.stored))
+
+
+class NotReplicated(LivelearnError):
+    """A checkpoint was written on the Redis master, but fewer than ``wanted`` replicas
+    acknowledged it within ``timeout_ms`` (``WAIT``): a failover now could lose it.
+
+    The write stands (version ``version`` is stored and announced); the caller holds
+    whatever must not outrun a durable checkpoint (the worker, its Kafka offset commit)
+    until a later checkpoint of the shard is acknowledged.
+    """
+
+    def __init__(self, shard: str, version: int, acked: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"checkpoint {version} of {shard} written, but {acked} of {wanted} replica(s) "
+            f"acknowledged it within redis.wait_timeout_ms={timeout_ms}; Kafka's offsets "
+            "are held until a later checkpoint is acknowledged (check the replicas' link, "
+            "or raise redis.wait_timeout_ms)"
+        )
+        self.shard = shard
+        self.version = version
+        self.acked = acked
+        self.wanted = wanted
+        self.timeout_ms = timeout_ms
+
+    def __reduce__(self) -> tuple[type[NotReplicated], tuple[str, int, int, int, int]]:
+        return (type(self), (self.shard, self.version, self.acked, self.wanted, self.timeout_ms))
 
 
 class ReleaseError(LivelearnError, ValueError):

@@ -1,6 +1,12 @@
 """The lookup's background thread: it listens to the models' update channels, checks every
 version periodically in case a message was missed, and reconnects with backoff while Redis
-is away, asking the lookup to refresh a model each time it may have changed."""
+is away, asking the lookup to refresh a model each time it may have changed.
+
+On Redis Cluster the channels are sharded (SSUBSCRIBE): each is heard from the master
+serving its model's slot, and redis-py follows a channel to its new master after a
+failover. What is announced while a master changes is lost, as with any pub/sub; the
+periodic check finds it.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from redis.client import PubSub
+from redis.cluster import ClusterPubSub, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from livelearn.errors import ServiceUnavailable
 
@@ -69,7 +77,7 @@ class Reloader:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         channels: Mapping[str, str],
         refresh: Callable[[str, ReloadReason], None],
         check_seconds: float,
@@ -104,7 +112,7 @@ class Reloader:
                 # Subscribed before loading: every checkpoint written after the load is heard.
                 pubsub = self._subscribe()
                 self._refresh_all("initial")
-            except redis.RedisError as exc:
+            except (redis.RedisError, RedisClusterException) as exc:
                 _close_quietly(pubsub)
                 raise ServiceUnavailable(
                     f"Redis does not answer ({exc}); the lookup cannot load its models"
@@ -129,7 +137,10 @@ class Reloader:
         pubsub: PubSub = self._client.pubsub(  # type: ignore[no-untyped-call, unused-ignore]
             ignore_subscribe_messages=True
         )
-        pubsub.subscribe(*self._channels)
+        if isinstance(pubsub, ClusterPubSub):
+            pubsub.ssubscribe(*self._channels)
+        else:
+            pubsub.subscribe(*self._channels)
         return pubsub
 
     def _run(self, pubsub: PubSub | None) -> None:
@@ -154,7 +165,7 @@ class Reloader:
                     next_check = time.monotonic() + self._check_seconds
                 for name, reason in due.items():
                     self._refresh(name, reason)
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, RedisClusterException, OSError) as exc:
                 if self._contact.ok:
                     log.warning(
                         "Redis is away (%s); serving from memory and retrying",
@@ -176,19 +187,30 @@ class Reloader:
     def _announced(self, pubsub: PubSub) -> dict[str, ReloadReason]:
         """Models announced on their channels since the last call: model -> reload reason."""
         due: dict[str, ReloadReason] = {}
-        message = pubsub.get_message(timeout=_LISTEN_SECONDS)
+        message = _next_message(pubsub, _LISTEN_SECONDS)
         while message is not None:
-            if message.get("type") == "message":
+            if message.get("type") in ("message", "smessage"):
                 channel = message["channel"]
                 name = self._channels.get(
                     channel.decode() if isinstance(channel, bytes) else str(channel)
                 )
                 if name is not None:
                     due[name] = _reason(message["data"], due.get(name))
-            message = pubsub.get_message(timeout=0)
+            message = _next_message(pubsub, 0)
         if due:
             self._contact.seen()
         return due
+
+
+def _next_message(pubsub: PubSub, timeout: float) -> dict[str, Any] | None:
+    """The next message of a channel (sharded on a cluster), or None after ``timeout``."""
+    if isinstance(pubsub, ClusterPubSub):
+        sharded: dict[str, Any] | None = pubsub.get_sharded_message(  # type: ignore[no-untyped-call]
+            ignore_subscribe_messages=True, timeout=timeout
+        )
+        return sharded
+    message: dict[str, Any] | None = pubsub.get_message(timeout=timeout)
+    return message
 
 
 def _reason(data: bytes | str, earlier: ReloadReason | None) -> ReloadReason:
@@ -204,5 +226,5 @@ def _reason(data: bytes | str, earlier: ReloadReason | None) -> ReloadReason:
 
 def _close_quietly(pubsub: PubSub | None) -> None:
     if pubsub is not None:
-        with contextlib.suppress(redis.RedisError, OSError):
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
             pubsub.close()

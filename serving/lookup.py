@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -46,7 +45,7 @@ from livelearn.serving._reloader import RedisContact, Reloader, ReloadReason
 from livelearn.serving._state import ServedState, combine
 from livelearn.serving.metrics import ServingMetrics
 from livelearn.settings import Settings
-from livelearn.store.checkpoints import RedisCheckpointStore
+from livelearn.store.connection import Client, checkpoint_store
 from livelearn.store.releases import ReleaseStore
 from livelearn.store.timeline import TimelineRead
 
@@ -109,7 +108,7 @@ class Lookup:
         settings: Settings,
         *,
         models: Sequence[str] | None = None,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
         metrics: ServingMetrics | None = None,
     ) -> None:
         names = list(models) if models is not None else list(settings.serving.models)
@@ -131,7 +130,7 @@ class Lookup:
         self._own_client = client is None
         self._client = client if client is not None else _client_from(settings)
         prefix = settings.redis.key_prefix
-        store = self._store = RedisCheckpointStore(self._client, prefix)
+        store = self._store = checkpoint_store(settings, self._client)
         self._releases = ReleaseStore(
             self._client,
             store,
@@ -446,7 +445,7 @@ def _estimate_reference(stats: Mapping[str, Any]) -> dict[str, float | None]:
     return {} if reference is None else {ESTIMATE_REFERENCE: reference}
 
 
-def _client_from(settings: Settings) -> redis.Redis:
+def _client_from(settings: Settings) -> Client:
     from livelearn.store.connection import redis_client
 
     return redis_client(settings, retry=_CLIENT_RETRY)

@@ -124,6 +124,38 @@ class RedisSettings(_Section):
     socket_timeout_s: float = Field(5.0, gt=0)
     # Entries each model's timeline keeps (store/timeline.py), one per checkpoint written.
     timeline_entries: int = Field(10_000, ge=100)
+    # Replicas a checkpoint waits for (WAIT) before Kafka's offsets follow it; None: one on
+    # a cluster or a server with replicas, none on a lone server.
+    wait_replicas: int | None = Field(None, ge=0)
+    # How long a checkpoint waits for them; past it the checkpoint stands, counted and
+    # logged, and the partition's offset commit waits for a later acknowledged checkpoint.
+    # None: 1000 ms, or half of socket_timeout_s when that is shorter.
+    wait_timeout_ms: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _wait_within_the_socket_timeout(self) -> RedisSettings:
+        # A WAIT longer than the socket's timeout would end in a timeout error for a write
+        # that was made: the caller could not tell a written checkpoint from a lost one.
+        if (
+            self.wait_timeout_ms is not None
+            and self.wait_timeout_ms >= self.socket_timeout_s * 1000
+        ):
+            raise ValueError(
+                f"redis.wait_timeout_ms ({self.wait_timeout_ms}) must be below "
+                f"redis.socket_timeout_s ({self.socket_timeout_s:g} s): lower "
+                "LIVELEARN_REDIS__WAIT_TIMEOUT_MS or raise LIVELEARN_REDIS__SOCKET_TIMEOUT_S"
+            )
+        return self
+
+    def wait_timeout(self) -> int:
+        """``wait_timeout_ms``, or its default.
+
+        >>> RedisSettings(socket_timeout_s=0.5).wait_timeout()
+        250
+        """
+        if self.wait_timeout_ms is not None:
+            return self.wait_timeout_ms
+        return max(1, min(1000, int(self.socket_timeout_s * 500)))
 
 
 class OutageSettings(_Section):

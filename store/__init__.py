@@ -3,7 +3,8 @@
 - `store.checkpoints`: one checkpoint per (model, topic, partition), written atomically
   with its fencing epoch, and the update channel that announces each write;
 - `store.releases`: numbered, signed freezes of a model's shards, and which one is served;
-- `store.connection`: Redis clients from settings.
+- `store.connection`: Redis clients from settings: one server, Sentinel or Redis Cluster;
+- `store._keys`: every key's name, tagged with its model so a model's keys share a slot.
 
 It imports neither `stream` nor `serving`; both import it.
 """
@@ -11,7 +12,7 @@ It imports neither `stream` nor `serving`; both import it.
 from __future__ import annotations
 
 from livelearn.store.checkpoints import Checkpoint, CheckpointStore, RedisCheckpointStore, ShardId
-from livelearn.store.connection import connect_redis, redis_client
+from livelearn.store.connection import checkpoint_store, connect_redis, redis_client
 from livelearn.store.releases import ReleaseStore
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RedisCheckpointStore",
     "ReleaseStore",
     "ShardId",
+    "checkpoint_store",
     "connect_redis",
     "redis_client",
 ]

@@ -12,12 +12,16 @@ the release before the current one and ``follow`` returns to the latest checkpoi
 Each change is announced on the model's update channel. The newest ``keep`` releases
 are kept, and a pinned one is never deleted.
 
-Keys, under the store's prefix::
+Keys (`store._keys`), all with the model's hash tag, so that on Redis Cluster a release
+and its index are written in one transaction::
 
-    {prefix}:release:{model}:{n}   hash: manifest, signature, kid, blob:{topic}/{partition}
-    {prefix}:releases:{model}      sorted set of release numbers
-    {prefix}:release_seq:{model}   last number given
-    {prefix}:pin:{model}           the pinned release number (absent: follow latest)
+    {prefix}:{{model}}:release:{n}   hash: manifest, signature, kid, blob:{topic}/{partition}
+    {prefix}:{{model}}:releases      sorted set of release numbers
+    {prefix}:{{model}}:release_seq   last number given
+    {prefix}:{{model}}:pin           the pinned release number (absent: follow latest)
+
+Announcements go on the model's update channel as the checkpoints' do (SPUBLISH on a
+cluster).
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import redis
-
 from livelearn.errors import ReleaseError, SnapshotError
 from livelearn.learners.snapshot import Binding, Keyring, SnapshotCodec, stats_digest
+from livelearn.store._client import Client
+from livelearn.store._keys import Keys
 from livelearn.store.checkpoints import Checkpoint, RedisCheckpointStore, ShardId
 
 ReleaseSource = Literal["live", "replay"]
@@ -92,7 +96,7 @@ class ReleaseStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         checkpoints: RedisCheckpointStore,
         key: bytes | Keyring,
         prefix: str = "livelearn",
@@ -107,19 +111,19 @@ class ReleaseStore:
         self._keys = key if isinstance(key, Keyring) else Keyring.single(key)
         self._codec = SnapshotCodec(self._keys, accept_legacy=accept_legacy)
         self._legacy = accept_legacy
-        self._prefix = prefix
+        self._names = Keys(prefix)
         self._keep = keep
 
     # -- keys -------------------------------------------------------------------------
 
     def _release_key(self, model: str, number: int) -> str:
-        return f"{self._prefix}:release:{model}:{number}"
+        return self._names.release(model, number)
 
     def _index_key(self, model: str) -> str:
-        return f"{self._prefix}:releases:{model}"
+        return self._names.releases(model)
 
     def _pin_key(self, model: str) -> str:
-        return f"{self._prefix}:pin:{model}"
+        return self._names.pin(model)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -148,7 +152,7 @@ class ReleaseStore:
                 self._codec.header(c.blob, c.binding())
             except SnapshotError as exc:
                 raise ReleaseError(f"model {model!r}: shard {s} not released: {exc}") from None
-        number = int(self._r.incr(f"{self._prefix}:release_seq:{model}"))
+        number = int(self._r.incr(self._names.release_seq(model)))
         manifest = {
             "format": _MANIFEST_FORMAT,
             "model": model,
@@ -223,7 +227,11 @@ class ReleaseStore:
         self._announce(model, {"pin": None})
 
     def _announce(self, model: str, message: dict[str, Any]) -> None:
-        self._r.publish(self._checkpoints.channel(model), json.dumps(message))
+        channel, body = self._checkpoints.channel(model), json.dumps(message)
+        if self._checkpoints.cluster:
+            self._r.spublish(channel, body)
+        else:
+            self._r.publish(channel, body)
 
     # -- reading ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from kafka.structs import OffsetAndMetadata
 from livelearn.errors import (
     DeadLetterError,
     InvalidEvent,
+    NotReplicated,
     ServiceUnavailable,
     StaleEpochError,
     VersionConflict,
@@ -157,6 +158,20 @@ class Checkpointing(Reporting):
                 log.warning("%s; signing version %d", exc, exc.stored + 1)
                 version = exc.stored + 1
                 continue
+            except NotReplicated as exc:
+                # Written, but a failover now could lose it: counted, logged, and Kafka's
+                # offsets wait for a later checkpoint that a replica acknowledges.
+                self._metrics.unreplicated.labels(shard.id.model).inc()
+                if shard.replicated:
+                    log.warning("%s", exc, extra={"fields": {"shard": str(shard.id)}})
+                shard.replicated = False
+                return blob, version
+            if not shard.replicated:
+                log.info(
+                    "checkpoint acknowledged by a replica again; offset commits resume",
+                    extra={"fields": {"shard": str(shard.id)}},
+                )
+            shard.replicated = True
             return blob, version
         raise VersionConflict(str(shard.id), version, version)  # moved twice: held
 
@@ -200,6 +215,8 @@ class Checkpointing(Reporting):
         """
         offsets = {}
         for part in parts:
+            if not all(s.replicated for s in part.shards):
+                continue  # not past a checkpoint that a failover could lose
             offset = part.commit_offset()
             if offset is not None:
                 record = (

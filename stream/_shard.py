@@ -86,6 +86,9 @@ class Shard:
     # The highest checkpoint version known for the shard (restored, written, or in Kafka's
     # committed record): the next checkpoint is signed as this plus one.
     version: int = 0
+    # Whether a replica acknowledged the last checkpoint (`redis.wait_replicas`): while it
+    # has not, the partition's Kafka offsets are not committed past it.
+    replicated: bool = True
     pending: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     reported_learned: int = 0

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
-import redis
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -21,8 +20,7 @@ from redis.retry import Retry
 
 from livelearn.errors import ConfigError, ServiceUnavailable
 from livelearn.settings import Settings, TopicSettings, server_list
-from livelearn.store.checkpoints import RedisCheckpointStore
-from livelearn.store.connection import redis_client
+from livelearn.store.connection import Client, checkpoint_store, redis_client
 from livelearn.stream._confluent import ConfluentConsumer, librdkafka_config
 from livelearn.stream._ledger import KafkaLedger, LedgerCodec
 from livelearn.stream.dlq import KafkaDeadLetterSink, dead_letter_sink, dlq_topic
@@ -137,7 +135,7 @@ class WorkerProcess:
     metrics: WorkerMetrics
     http: HealthServer | None
     dlq: KafkaDeadLetterSink
-    redis: redis.Redis
+    redis: Client
     # Forwards labels from separate label topics (None when no model has one).
     router: LabelRouter | None = None
 
@@ -169,7 +167,7 @@ class WorkerProcess:
 
 
 def _riding_out(settings: Settings, call: Callable[[], T]) -> T:
-    """``call()``, retried with backoff while Kafka does not answer, up to
+    """``call()``, retried with backoff while Kafka (or a Redis cluster) does not answer, up to
     ``outage.timeout_s``; then its ServiceUnavailable, naming the setting."""
     outage = settings.outage
     backoff = Backoff(outage.retry_initial_s, outage.retry_max_s)
@@ -184,7 +182,7 @@ def _riding_out(settings: Settings, call: Callable[[], T]) -> T:
                     f"{exc} (retried for outage.timeout_s={outage.timeout_s:g} s, "
                     "LIVELEARN_OUTAGE__TIMEOUT_S)"
                 ) from None
-            log.warning("Kafka does not answer yet, retrying in %.1f s: %s", delay, exc)
+            log.warning("not answering yet, retrying in %.1f s: %s", delay, exc)
             time.sleep(delay)
 
 
@@ -219,7 +217,9 @@ def build_worker(
     # outage.timeout_s. One immediate retry covers a pooled connection that a Redis restart
     # closed; past that the worker's own backoff decides (redis-py's default would block
     # the loop for seconds on every call).
-    client = redis_client(settings, retry=Retry(NoBackoff(), 1))
+    # A cluster client asks for the slots at once: a cluster that does not answer yet is
+    # ridden out as Kafka is.
+    client = _riding_out(settings, lambda: redis_client(settings, retry=Retry(NoBackoff(), 1)))
     topics = sorted({t for spec in settings.models for t in spec.topics})
     routes = label_routes(settings.models)
     present = _riding_out(settings, lambda: existing_topics(bootstrap, [*topics, *routes]))
@@ -279,7 +279,7 @@ def build_worker(
             raise ServiceUnavailable(f"Kafka consumer failed to start: {exc}") from None
 
     consumer = _riding_out(settings, make_consumer)
-    store = RedisCheckpointStore(client, settings.redis.key_prefix, settings.redis.timeline_entries)
+    store = checkpoint_store(settings, client)
     dlq = dead_letter_sink(settings)
     worker = Worker(
         settings,

@@ -86,6 +86,13 @@ class WorkerMetrics:
             ["model", "trigger"],
             registry=r,
         )
+        self.unreplicated = Counter(
+            "livelearn_checkpoint_unreplicated_total",
+            "Checkpoints written that fewer replicas than redis.wait_replicas acknowledged "
+            "within redis.wait_timeout_ms; the partition's offset commit waits meanwhile.",
+            ["model"],
+            registry=r,
+        )
         self.checkpoint_size = Gauge(
             "livelearn_checkpoint_size_bytes",
             "Size of a shard's last snapshot.",

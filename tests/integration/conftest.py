@@ -407,3 +407,18 @@ def read_all(
         return out
     finally:
         consumer.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster of the module's own (3 masters, 3 replicas) on free loopback ports;
+    its nodes are killed and started by the tests."""
+    from livelearn.devtools.redis_cluster import RedisCluster
+
+    # Six client ports, then their six cluster-bus ports.
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), free_port_run(12))
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()

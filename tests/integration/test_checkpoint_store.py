@@ -44,7 +44,7 @@ def test_an_epoch_is_never_handed_out_twice_even_after_redis_lost_it(
     shard = ShardId("m", "t", 0)
     epochs = [store.claim(shard)[0] for _ in range(3)]
     assert epochs == sorted(set(epochs))
-    redis_client.delete(f"{unique_name}:epoch:m:t:0")  # a restart without its data
+    redis_client.delete(store.keys.epoch("m", "t", 0))  # a restart without its data
     with pytest.raises(StaleEpochError) as info:
         store.save(shard, epochs[-1], b"x", 1, {}, 1)
     assert info.value.current is None  # lost: not taken by someone else

@@ -458,7 +458,7 @@ def test_tampered_blob_is_refused_and_the_last_good_version_serves(
     before = lookup.predict_one(b.model, PROBES[0])
     shard_id = ShardId(b.model, b.spec.topics[0], 0)
     good_checkpoint = {shard_id: b.store.load(shard_id)}
-    key = f"{b.settings.redis.key_prefix}:shard:{b.model}:{b.spec.topics[0]}:0"
+    key = b.store.keys.shard(b.model, b.spec.topics[0], 0)
     blob = bytearray(redis_client.hget(key, "blob") or b"")
     blob[len(blob) // 2] ^= 0x01
     redis_client.hset(key, "blob", bytes(blob))
@@ -626,7 +626,7 @@ def test_a_tampered_release_is_refused(
     number = releases.create(b.model)
     b.save(current := train(b.spec, 0, 200))
     lookup = b.lookup()
-    key = f"{b.settings.redis.key_prefix}:release:{b.model}:{number}"
+    key = b.store.keys.release(b.model, number)
     field_name = f"blob:{b.spec.topics[0]}/0"
     blob = bytearray(redis_client.hget(key, field_name) or b"")
     blob[-1] ^= 0xFF

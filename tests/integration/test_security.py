@@ -46,7 +46,7 @@ NEW_KEY = "rotated-snapshot-key-0123456789abcdef"
 
 
 def _hash_key(dep: Deployment, partition: int = 0) -> str:
-    return f"ll-{dep.model}:shard:{dep.model}:{dep.topic}:{partition}"
+    return dep.store.keys.shard(dep.model, dep.topic, partition)
 
 
 def _refused_shards(worker: WorkerHandle) -> list[str]:
@@ -230,15 +230,17 @@ def test_a_manifest_moved_or_a_release_shard_replaced_is_refused(
     _learn(dep, 100, start=200)
     second = releases.create(dep.model)
     assert releases.get(dep.model, second).shards[dep.shard()].next_offset == 300
-    prefix = f"ll-{dep.model}:release"
+    keys = dep.store.keys
 
     # A manifest moved to another model (and number): refused wherever it is read.
-    redis_client.hset(f"{prefix}:other:1", mapping=redis_client.hgetall(f"{prefix}:{dep.model}:1"))
-    redis_client.zadd(f"ll-{dep.model}:releases:other", {"1": 1})
+    redis_client.hset(
+        keys.release("other", 1), mapping=redis_client.hgetall(keys.release(dep.model, 1))
+    )
+    redis_client.zadd(keys.releases("other"), {"1": 1})
     with pytest.raises(ReleaseError, match=f"release 1 of {dep.model!r}, moved here"):
         releases.get("other", 1)
     redis_client.hset(
-        f"{prefix}:{dep.model}:7", mapping=redis_client.hgetall(f"{prefix}:{dep.model}:{first}")
+        keys.release(dep.model, 7), mapping=redis_client.hgetall(keys.release(dep.model, first))
     )
     with pytest.raises(ReleaseError, match="moved here"):
         releases.get(dep.model, 7)
@@ -246,9 +248,9 @@ def test_a_manifest_moved_or_a_release_shard_replaced_is_refused(
     # The second release's shard replaced by the first's blob.
     field = f"blob:{dep.topic}/0"
     redis_client.hset(
-        f"{prefix}:{dep.model}:{second}",
+        keys.release(dep.model, second),
         field,
-        redis_client.hget(f"{prefix}:{dep.model}:{first}", field),  # type: ignore[arg-type]
+        redis_client.hget(keys.release(dep.model, first), field),  # type: ignore[arg-type]
     )
     with pytest.raises(ReleaseError, match="was altered"):
         releases.get(dep.model, second)

@@ -263,7 +263,7 @@ def test_tampered_snapshot_is_refused_and_counted(make_topic, deploy, redis_clie
     worker = dep.start_worker()
     wait_for(lambda: dep.next_offset() == 200, 60, "a checkpoint at 200")
     assert worker.terminate() == 0
-    key = f"ll-{dep.model}:shard:{dep.model}:{topic}:0"
+    key = dep.store.keys.shard(dep.model, topic, 0)
     blob = bytearray(redis_client.hget(key, "blob"))
     blob[len(blob) // 2] ^= 0x01
     redis_client.hset(key, "blob", bytes(blob))

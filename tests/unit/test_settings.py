@@ -73,6 +73,11 @@ def test_the_shipped_config_loads() -> None:
             ],
         ),
         ({"serving": {"max_connections_per_client": 0}}, ["serving.max_connections_per_client"]),
+        (
+            {"redis": {"socket_timeout_s": 1, "wait_timeout_ms": 1000}},
+            ["redis.wait_timeout_ms (1000)", "redis.socket_timeout_s", "LIVELEARN_REDIS__"],
+        ),
+        ({"redis": {"wait_replicas": -1}}, ["redis.wait_replicas"]),
     ],
     ids=[
         "literal",
@@ -83,6 +88,8 @@ def test_the_shipped_config_loads() -> None:
         "duplicate-model",
         "client-over-server",
         "client-none",
+        "wait-past-socket-timeout",
+        "wait-replicas-negative",
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path, data, needles) -> None:
