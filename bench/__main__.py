@@ -2,7 +2,7 @@
 
 ``python -m bench`` runs every benchmark in one process, one after the other, each with
 its defaults. ``python -m bench NAME ARGS...`` runs one, NAME one of consume,
-worker, replay, lookup, api, api-load, shards, snapshot and monitor, with its own
+worker, replay, lookup, api, api-load, shards, snapshot, monitor and bigmodel, with its own
 arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from bench import (
     bench_api,
     bench_api_load,
+    bench_bigmodel,
     bench_consume,
     bench_lookup,
     bench_monitor,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "shards": bench_shards.main,
     "snapshot": bench_snapshot.main,
     "monitor": bench_monitor.main,
+    "bigmodel": bench_bigmodel.main,
 }
 
 

@@ -31,6 +31,7 @@ from livelearn.errors import ServiceUnavailable
 from livelearn.learners import Sanitizer, SnapshotCodec
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import CheckpointStore, ShardId
+from livelearn.stream._budget import CheckpointBudget
 from livelearn.stream._claims import Claims
 from livelearn.stream._events import EventPath
 from livelearn.stream._ledger import KafkaLedger
@@ -140,6 +141,10 @@ class Worker(EventPath, Claims):
         # lets an older checkpoint be restored (README, "Security").
         self._ledger = ledger
         self._versions_seen: dict[ShardId, int] = {}
+        # The learning thread's time for checkpoints due by count or by time, and whether
+        # it defers them now (logged when that starts and ends).
+        self._budget = CheckpointBudget(settings.checkpoint.max_share)
+        self._stretched = False
 
     # -- public surface ---------------------------------------------------------------
 
