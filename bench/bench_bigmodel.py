@@ -11,16 +11,22 @@ Two cases learn the same events through the worker, one after the other in each 
 - ``checkpoints off``: checkpoints every 10^9 events or seconds, so that none is written
   while it learns.
 
-Each case is timed from its first batch to the batch that learns the last event (the
-shutdown's checkpoint is left out of both). It prints, per case: events learned a second
-in wall time and in the learning thread's CPU time (``time.thread_time``, steadier on a
-busy machine), the checkpoints written, their mean time, the largest snapshot, the
-longest interval between two checkpoints of the shard, and the share of the learning
-thread's time spent checkpointing; then the throughput ratio of the first case to the
-second.
+Each case is timed from the batch that passes ``--warmup`` events (by then the forest is
+near its full size) to the batch that learns the last event (the shutdown's checkpoint is
+left out of both). It prints, per case: events learned a second in wall time and in the
+learning thread's CPU time (``time.thread_time``, steadier on a busy machine), the
+checkpoints written, their mean time, the largest snapshot, the longest interval between
+two checkpoints of the shard, and the share of the learning thread's time spent
+checkpointing; then the throughput ratio of the first case to the second.
 
-``python -m bench bigmodel [--rounds 1] [--events 20000] [--features 100]
-[--max-share 0.1]``
+Then the lookup serves the forest the first case checkpointed beside a small linear model:
+the linear model's ``predict_one``, called back to back, is timed while nothing loads and
+while the forest's next version loads (the write is prepared beforehand, so that only the
+lookup's reload runs beside the predictions): p50, p99 and max of both, and the reload's
+time. The API answers from the same lookup (serving/api.py).
+
+``python -m bench bigmodel [--rounds 1] [--events 30000] [--warmup 15000]
+[--features 100] [--max-share 0.1]``
 """
 
 from __future__ import annotations
@@ -29,16 +35,22 @@ import argparse
 import os
 import random
 import statistics
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
+from prometheus_client import CollectorRegistry
 
-from bench.bench_worker import services, topic_with
+from bench.bench_worker import MODELS, services, topic_with
+from livelearn.learners import Binding, Learner, stats_digest
+from livelearn.serving import Lookup, ServingMetrics
 from livelearn.settings import load_settings
+from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
 from livelearn.stream.app import build_worker
 from livelearn.stream.fetcher import KafkaRecord
 from livelearn.stream.worker import Partition, Shard
@@ -56,6 +68,7 @@ OFF = {"every_events": 10**9, "every_seconds": 1e9}
 class Run:
     """One case's figures over the events it learned."""
 
+    model: str  # its name, and its key prefix in Redis
     events: int
     seconds: float
     cpu_seconds: float
@@ -93,9 +106,18 @@ def events(n: int, features: int, seed: int = 7) -> list[bytes]:
 
 
 def run_worker(
-    bootstrap: str, redis_url: str, topic: str, n: int, checkpoint: dict[str, Any], share: float
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    n: int,
+    warmup: int,
+    checkpoint: dict[str, Any],
+    share: float,
 ) -> Run:
-    """The worker learning the ARF from ``topic`` until its ``n``-th event."""
+    """The worker learning the ARF from ``topic`` until its ``n``-th event, timed from the
+    batch that passes ``warmup``."""
+    if warmup >= n:
+        raise SystemExit(f"--warmup ({warmup}) must be less than --events ({n})")
     name = f"bench-{uuid.uuid4().hex[:8]}"
     os.environ.setdefault("LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2)
     os.environ.setdefault("LIVELEARN_SECURITY__HASH_KEY", uuid.uuid4().hex * 2)
@@ -122,10 +144,11 @@ def run_worker(
     def on_batch(part: Partition, records: list[KafkaRecord]) -> None:
         nonlocal longest, largest
         shard = part.shards[0]
-        interval = registry.get_sample_value("livelearn_checkpoint_interval_seconds", labels)
-        size = registry.get_sample_value("livelearn_checkpoint_size_bytes", labels)
-        longest, largest = max(longest, interval or 0.0), max(largest, size or 0.0)
-        if not shards:
+        if first:
+            interval = registry.get_sample_value("livelearn_checkpoint_interval_seconds", labels)
+            size = registry.get_sample_value("livelearn_checkpoint_size_bytes", labels)
+            longest, largest = max(longest, interval or 0.0), max(largest, size or 0.0)
+        if not shards and shard.next_offset >= warmup:
             shards.append(shard)
             count, total = spent()
             first.update(
@@ -146,6 +169,7 @@ def run_worker(
     if not last:
         raise RuntimeError(f"the worker stopped before learning its {n}-th event")
     return Run(
+        name,
         int(n - first["offset"]),
         last["at"] - first["at"],
         last["cpu"] - first["cpu"],
@@ -156,10 +180,106 @@ def run_worker(
     )
 
 
+def _quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def _timed(call: Callable[[], object], until: Callable[[], bool], least: float) -> list[float]:
+    """Seconds each ``call`` took, back to back, until ``until()`` holds and at least
+    ``least`` seconds have passed."""
+    out = []
+    started = time.perf_counter()
+    while not until() or time.perf_counter() - started < least:
+        t = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def serve_beside(redis_url: str, run: Run, topic: str, features: int) -> None:
+    """The lookup serving ``run``'s forest beside a linear model: the linear model's
+    predictions while nothing loads, and while the forest's next version loads."""
+    name = run.model
+    small = f"{name}-linear"
+    settings = load_settings(
+        None,
+        redis={"url": redis_url, "key_prefix": name},
+        serving={"reload_check_seconds": 3600},  # reloads on the announcement alone
+        models=[
+            {"name": name, "topics": [topic], **ARF},
+            {"name": small, "topics": [small], **MODELS["linear"][1]},
+        ],
+    )
+    codec = settings.snapshot_codec()
+    client = redis.Redis.from_url(redis_url)
+    store = RedisCheckpointStore(client, name)
+    big = ShardId(name, topic, 0)
+    checkpoint = store.load(big)
+    if checkpoint is None:
+        raise RuntimeError(f"no checkpoint of {big}")
+    linear = Learner(settings.model(small))
+    rows = [orjson.loads(v) for v in events(2_000, features, seed=11)]
+    for offset, row in enumerate(rows):
+        linear.process(row["features"], row["label"], offset)
+    shard = ShardId(small, small, 0)
+    epoch, _ = store.claim(shard)
+    store.write(codec, shard, epoch, linear, linear.events_learned, linear.stats())
+
+    registry = CollectorRegistry()
+    lookup = Lookup(settings, metrics=ServingMetrics(registry))
+    lookup.start()
+    try:
+        # The forest's next version, signed beforehand: only the lookup's reload runs
+        # beside the predictions below.
+        epoch, _ = store.claim(big)
+        version = checkpoint.version + 1
+        binding = Binding(
+            name, topic, 0, checkpoint.next_offset, epoch, version, stats_digest(checkpoint.stats)
+        )
+        spec = codec.header(checkpoint.blob).get("spec")
+        blob = codec.encode(codec.decode(checkpoint.blob), binding, spec)
+        probe = rows[-1]["features"]
+        expected = linear.predict_proba_one(probe)
+
+        def predict() -> None:
+            if lookup.predict_one(small, probe).proba != expected:
+                raise RuntimeError("the lookup answered another model's prediction")
+
+        def loaded() -> float:
+            labels = {"model": name, "reason": "announce"}
+            return registry.get_sample_value("livelearn_serving_reloads_total", labels) or 0.0
+
+        quiet = _timed(predict, lambda: True, 5.0)
+        writer = threading.Thread(
+            target=store.save,
+            args=(big, epoch, blob, checkpoint.next_offset, checkpoint.stats, version),
+            kwargs={"kid": codec.keys.active},
+        )
+        before = loaded()
+        writer.start()
+        loading = _timed(predict, lambda: loaded() > before, 1.0)
+        writer.join()
+        reload_s = registry.get_sample_value(
+            "livelearn_serving_reload_seconds_sum", {"model": name}
+        )
+    finally:
+        lookup.close()
+        client.close()
+    print(f"\nlookup: {name} ({len(blob) / 1e6:,.0f} MB) beside a linear model")
+    print(f"{'linear predict_one':<26} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls':>8}")
+    for label, values in (("nothing loading", quiet), ("the forest loading", loading)):
+        print(
+            f"{label:<26} {1e3 * _quantile(values, 50):>8.3f} {1e3 * _quantile(values, 99):>8.3f}"
+            f" {1e3 * max(values):>8.1f} {len(values):>8,}"
+        )
+    print(f"the initial load and the reload of the forest took {reload_s or 0.0:.1f} s in all")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench bigmodel", description=__doc__)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--warmup", type=int, default=15_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--max-share", type=float, default=0.1)
     args = parser.parse_args(argv)
@@ -174,7 +294,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs: dict[str, list[Run]] = {case: [] for case in cases}
     for r in range(args.rounds):
         for case, checkpoint in cases.items():
-            run = run_worker(bootstrap, redis_url, topic, args.events, checkpoint, args.max_share)
+            run = run_worker(
+                bootstrap,
+                redis_url,
+                topic,
+                args.events,
+                args.warmup,
+                checkpoint,
+                args.max_share,
+            )
             runs[case].append(run)
             print(
                 f"  round {r + 1}/{args.rounds} {case}: {run.rate:,.0f} events/s "
@@ -195,3 +323,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"throughput, default cadence / checkpoints off: {wall:.2f} in wall time, "
         f"{cpu:.2f} in CPU time (target ≥ 0.90)"
     )
+    serve_beside(redis_url, on[-1], topic, args.features)

@@ -7,8 +7,10 @@ shards together (``checkpoint.max_share``). It is a token bucket counted in seco
 checkpoint time: it fills at ``max_share`` seconds per second of wall time, up to a small
 burst, and each checkpoint spends what it took; a due checkpoint waits while the bucket
 is in debt. One checkpoint that took t seconds therefore defers the next until
-t / max_share seconds have passed, and many cheap shards share the same budget, so the
-bound holds however many shards a worker has.
+t / max_share seconds have passed after it, and many cheap shards share the same budget,
+so the bound holds however many shards a worker has. While a model grows, each checkpoint
+costs more than the one that paid for it: over a window that ends just after one, its
+cost is not paid back yet (bench/bench_bigmodel.py measures both).
 
 Deferring a checkpoint only delays it: its shard keeps learning and keeps its pending
 events, so exactly once is unchanged; what it costs is freshness of the served model and
@@ -70,10 +72,13 @@ class CheckpointBudget:
         """The share of wall time checkpoints may take."""
         return self._share
 
-    def _refill(self) -> float:
+    def _refill(self, spent: float = 0.0) -> float:
+        """Credit the time since the last call but its last ``spent`` seconds; now."""
         now = self._clock()
-        self._balance = min(self._burst, self._balance + (now - self._at) * self._share)
-        self._at = now
+        if now - spent > self._at:
+            credit = (now - spent - self._at) * self._share
+            self._balance = min(self._burst, self._balance + credit)
+        self._at = max(self._at, now)
         return now
 
     def allows(self) -> bool:
@@ -89,8 +94,11 @@ class CheckpointBudget:
         return False
 
     def spend(self, seconds: float) -> None:
-        """A checkpoint took ``seconds`` of the learning thread (written or not)."""
-        self._refill()
+        """A checkpoint that just ended took ``seconds`` of the learning thread (written or
+        not). Its own time earns no credit: a cycle of one checkpoint and the learning
+        it waits for is ``seconds * (1 + 1 / max_share)``, so checkpoints take at most
+        ``max_share / (1 + max_share)`` of the thread once the model's size is steady."""
+        self._refill(spent=seconds)
         self._balance -= seconds
 
     def wait(self) -> float:
