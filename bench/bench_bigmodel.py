@@ -38,7 +38,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ import orjson
 import redis
 from prometheus_client import CollectorRegistry
 
+from bench._report import call_latencies
 from bench.bench_worker import MODELS, services, topic_with
 from livelearn.learners import Binding, Learner, stats_digest
 from livelearn.serving import Lookup, ServingMetrics
@@ -184,18 +185,6 @@ def _quantile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
 
-def _timed(call: Callable[[], object], until: Callable[[], bool], least: float) -> list[float]:
-    """Seconds each ``call`` took, back to back, until ``until()`` holds and at least
-    ``least`` seconds have passed."""
-    out = []
-    started = time.perf_counter()
-    while not until() or time.perf_counter() - started < least:
-        t = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def serve_beside(redis_url: str, run: Run, topic: str, features: int) -> None:
     """The lookup serving ``run``'s forest beside a linear model: the linear model's
     predictions while nothing loads, and while the forest's next version loads."""
@@ -249,7 +238,7 @@ def serve_beside(redis_url: str, run: Run, topic: str, features: int) -> None:
             labels = {"model": name, "reason": "announce"}
             return registry.get_sample_value("livelearn_serving_reloads_total", labels) or 0.0
 
-        quiet = _timed(predict, lambda: True, 5.0)
+        quiet = call_latencies(predict, lambda: True, 5.0)
         writer = threading.Thread(
             target=store.save,
             args=(big, epoch, blob, checkpoint.next_offset, checkpoint.stats, version),
@@ -257,7 +246,7 @@ def serve_beside(redis_url: str, run: Run, topic: str, features: int) -> None:
         )
         before = loaded()
         writer.start()
-        loading = _timed(predict, lambda: loaded() > before, 1.0)
+        loading = call_latencies(predict, lambda: loaded() > before, 1.0)
         writer.join()
         reload_s = registry.get_sample_value(
             "livelearn_serving_reload_seconds_sum", {"model": name}

@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 import statistics
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from river import datasets
 
+from bench._report import call_latencies
 from livelearn.learners import Learner, SnapshotCodec
 from livelearn.serving import Lookup, ServingMetrics
 from livelearn.settings import Settings
@@ -38,18 +37,6 @@ def _forest_events(n: int, seed: int) -> list[tuple[dict[str, float], bool]]:
     for _ in range(n):
         x = {f"f{j}": rng.random() for j in range(FEATURES)}
         out.append((x, x["f0"] + x["f1"] * x["f2"] + 0.3 * rng.random() > 0.8))
-    return out
-
-
-def _latencies(call: Callable[[], Any], until: Callable[[], bool], least: float) -> list[float]:
-    """Seconds each ``call`` took, back to back, until ``until()`` holds and at least
-    ``least`` seconds have passed."""
-    out = []
-    started = time.perf_counter()
-    while not until() or time.perf_counter() - started < least:
-        t = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - t)
     return out
 
 
@@ -106,13 +93,13 @@ def test_a_large_model_loads_while_another_model_keeps_answering(
             labels = {"model": big, "reason": "announce"}
             return registry.get_sample_value("livelearn_serving_reloads_total", labels) or 0.0
 
-        quiet = _latencies(predict, lambda: True, 2.0)
+        quiet = call_latencies(predict, lambda: True, 2.0)
 
         grown.process(*_forest_events(1, seed=3)[0], 3_000)
         before = reloads()
         writer = threading.Thread(target=save, args=(grown, big))
         writer.start()
-        loading = _latencies(predict, lambda: reloads() > before, 0.5)
+        loading = call_latencies(predict, lambda: reloads() > before, 0.5)
         writer.join()
         assert lookup.describe(big)["events_learned"] == grown.events_learned
 
