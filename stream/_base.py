@@ -64,6 +64,8 @@ class WorkerState:
     _versions_seen: dict[ShardId, int]
     _budget: CheckpointBudget
     _stretched: bool
+    _stretch_logged: bool
+    _stretch_logged_at: float
 
     def _hold(self, part: Partition, shard: Shard, offset: int) -> None:
         """Stop learning ``shard``; it stays held at ``offset`` (reported by /readyz)."""

@@ -32,6 +32,9 @@ log = logging.getLogger("livelearn.worker")
 # How often the loop checks that Redis answers and still holds each live shard's claim
 # (one MGET): the bound on how long an idle worker takes to see a Redis that restarted.
 _PROBE_S = 5.0
+# The least time between two warnings that checkpoints are deferred: a worker whose
+# checkpoints cost about their share would otherwise warn at each pass of the loop.
+_STRETCH_LOG_S = 60.0
 
 
 class Checkpointing(Reporting):
@@ -63,23 +66,30 @@ class Checkpointing(Reporting):
     def _may_checkpoint(self) -> bool:
         """True when a checkpoint due by count or by time may run now: checkpoints have not
         taken more than ``checkpoint.max_share`` of the learning thread (stream/_budget.py).
-        Logs when the cadence starts to stretch, and when it is back."""
+        Logs when the cadence starts to stretch (at most once a `_STRETCH_LOG_S`), and
+        when it is back."""
         budget = self._budget
         if budget.allows():
             if self._stretched and budget.deferred_since is None:
                 self._stretched = False
-                log.info("checkpoints back at their cadence: they fit checkpoint.max_share")
+                if self._stretch_logged:
+                    log.info("checkpoints back at their cadence: they fit checkpoint.max_share")
             return True
         if not self._stretched:
             self._stretched = True
-            log.warning(
-                "checkpoints deferred: they took more than checkpoint.max_share (%.2f) of the "
-                "learning thread, so the next waits %.1f s; the cadence stretches past "
-                "checkpoint.every_seconds and every_events (livelearn_checkpoint_interval_"
-                "seconds), never skipping or repeating an event",
-                budget.max_share,
-                budget.wait(),
-            )
+            now = time.monotonic()
+            self._stretch_logged = now - self._stretch_logged_at >= _STRETCH_LOG_S
+            if self._stretch_logged:
+                self._stretch_logged_at = now
+                log.warning(
+                    "checkpoints deferred: they took more than checkpoint.max_share (%.2f) of "
+                    "the learning thread, so the next waits %.1f s; the cadence stretches "
+                    "past checkpoint.every_seconds and every_events "
+                    "(livelearn_checkpoint_interval_seconds), never skipping or repeating an "
+                    "event",
+                    budget.max_share,
+                    budget.wait(),
+                )
         return False
 
     def _write_checkpoints(self, trigger: Trigger, due: Callable[[Shard], bool]) -> list[Partition]:

@@ -20,6 +20,7 @@ the assignment between polls, shut down. Its other jobs have modules of their ow
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -145,6 +146,8 @@ class Worker(EventPath, Claims):
         # it defers them now (logged when that starts and ends).
         self._budget = CheckpointBudget(settings.checkpoint.max_share)
         self._stretched = False
+        self._stretch_logged = False
+        self._stretch_logged_at = -math.inf
 
     # -- public surface ---------------------------------------------------------------
 
