@@ -26,7 +26,8 @@ lookup's reload runs beside the predictions): p50, p99 and max of both, and the 
 time. The API answers from the same lookup (serving/api.py).
 
 ``python -m bench bigmodel [--rounds 1] [--events 30000] [--warmup 15000]
-[--features 100] [--max-share 0.1]``
+[--features 100] [--max-share 0.1]``; ``python -m bench bigmodel --serving-only --events
+20000`` grows the forest in process, without the worker, and measures the lookup alone.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from bench._report import call_latencies
 from bench.bench_worker import MODELS, services, topic_with
-from livelearn.learners import Binding, Learner, stats_digest
+from livelearn.learners import Binding, Learner, spec_fingerprint, stats_digest
 from livelearn.serving import Lookup, ServingMetrics
 from livelearn.settings import load_settings
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
@@ -185,10 +186,10 @@ def _quantile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
 
-def serve_beside(redis_url: str, run: Run, topic: str, features: int) -> None:
-    """The lookup serving ``run``'s forest beside a linear model: the linear model's
-    predictions while nothing loads, and while the forest's next version loads."""
-    name = run.model
+def serve_beside(redis_url: str, name: str, topic: str, features: int) -> None:
+    """The lookup serving the forest model ``name`` checkpointed (its key prefix too)
+    beside a linear model: the linear model's predictions while nothing loads, and while
+    the forest's next version loads."""
     small = f"{name}-linear"
     settings = load_settings(
         None,
@@ -271,8 +272,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=15_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--max-share", type=float, default=0.1)
+    parser.add_argument(
+        "--serving-only",
+        action="store_true",
+        help="grow the forest here from --events events, without the worker, and only "
+        "measure the lookup serving it",
+    )
     args = parser.parse_args(argv)
     bootstrap, redis_url = services()
+    if args.serving_only:
+        serve_beside(
+            redis_url, *_grown_forest(redis_url, events(args.events, args.features)), args.features
+        )
+        return
     topic = topic_with(bootstrap, events(args.events, args.features))
     print(
         f"ARFClassifier(n_models=10), {args.events:,} events of {args.features} features; "
@@ -312,4 +324,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"throughput, default cadence / checkpoints off: {wall:.2f} in wall time, "
         f"{cpu:.2f} in CPU time (target ≥ 0.90)"
     )
-    serve_beside(redis_url, on[-1], topic, args.features)
+    serve_beside(redis_url, on[-1].model, topic, args.features)
+
+
+def _grown_forest(redis_url: str, values: list[bytes]) -> tuple[str, str]:
+    """A forest learned from ``values`` in this process, checkpointed as a worker would:
+    its model name (and key prefix) and topic."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    os.environ.setdefault("LIVELEARN_SECURITY__SNAPSHOT_KEY", uuid.uuid4().hex * 2)
+    settings = load_settings(
+        None,
+        redis={"url": redis_url, "key_prefix": name},
+        models=[{"name": name, "topics": [name], **ARF}],
+    )
+    learner = Learner(settings.model(name))
+    for offset, value in enumerate(values):
+        row = orjson.loads(value)
+        learner.process(row["features"], row["label"], offset)
+    client = redis.Redis.from_url(redis_url)
+    store = RedisCheckpointStore(client, name)
+    shard = ShardId(name, name, 0)
+    epoch, _ = store.claim(shard)
+    spec = spec_fingerprint(settings.model(name))
+    codec = settings.snapshot_codec()
+    store.write(codec, shard, epoch, learner, learner.events_learned, learner.stats(), spec)
+    client.close()
+    return name, name
