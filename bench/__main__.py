@@ -1,9 +1,9 @@
 """``python -m bench [NAME [ARGS...]]``: run the benchmarks (``make bench ARGS="..."``).
 
-``python -m bench`` runs every benchmark but the soak and the alerts in one process,
+``python -m bench`` runs every benchmark but soak, alerts and bigmodel in one process,
 one after the other, each with its defaults. ``python -m bench NAME ARGS...`` runs
 one, NAME one of consume, worker, replay, lookup, api, api-load, shards, snapshot,
-wait, monitor, alerts and soak, with its own arguments; e.g.
+wait, monitor, bigmodel, alerts and soak, with its own arguments; e.g.
 ``python -m bench worker --rounds 1 --events 20000`` for a quick worker run, and
 ``python -m bench worker --help`` for what it takes.
 """
@@ -18,6 +18,7 @@ from bench import (
     bench_alerts,
     bench_api,
     bench_api_load,
+    bench_bigmodel,
     bench_consume,
     bench_lookup,
     bench_monitor,
@@ -68,9 +69,10 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], None]] = {
     "monitor": bench_monitor.main,
     "soak": soak.main,
     "alerts": bench_alerts.main,
+    "bigmodel": bench_bigmodel.main,
 }
 # Run only when named: each takes many minutes (the soak has its own target, `make soak`).
-ALONE = {"soak", "alerts"}
+ALONE = {"soak", "alerts", "bigmodel"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

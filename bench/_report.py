@@ -1,16 +1,19 @@
 """The worker benchmark's arithmetic and table: medians, spreads and ratios over rounds.
 
 Pure functions over the rates measured (events a second, one per case per round, in round
-order); tests/unit/test_bench_report.py checks them.
+order); tests/unit/test_bench_report.py checks them. And `call_latencies`, the timing of
+calls made back to back while something else happens (bench/bench_bigmodel.py, and
+tests/integration/test_large_model_serving.py).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CaseSummary", "best_peer", "format_table", "summarize"]
+__all__ = ["CaseSummary", "best_peer", "call_latencies", "format_table", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,17 @@ def format_table(summaries: Sequence[CaseSummary], best: str) -> str:
         ratios = f"{s.vs_river:8.2f} {s.vs_best_peer:12.2f}"
         lines.append(f"{name:{width}} {s.median:10,.0f} {spread:>21} {ratios}")
     return "\n".join(lines)
+
+
+def call_latencies(
+    call: Callable[[], object], until: Callable[[], bool], least: float
+) -> list[float]:
+    """Seconds each ``call`` took, called back to back until ``until()`` holds and at least
+    ``least`` seconds have passed."""
+    out = []
+    started = time.perf_counter()
+    while not until() or time.perf_counter() - started < least:
+        t = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t)
+    return out

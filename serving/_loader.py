@@ -10,8 +10,10 @@ shards refused now are listed by `StateLoader.refused` (the API's /readyz).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from livelearn.errors import ReleaseError, SnapshotError, SnapshotRefused
@@ -30,6 +32,14 @@ log = logging.getLogger("livelearn.serving")
 # caller's prediction) to wake and take it, short enough to add little to a reload of a
 # large tree (bench/bench_api_load.py measures both).
 FRAME_PAUSE_SECONDS = 0.0005
+# A snapshot at least this large is unpickled with the cyclic garbage collector off, and
+# every object then alive is frozen (``gc.freeze``): unpickling a large forest creates
+# objects by the million, and the collector's full passes over them hold the interpreter
+# for a long time, the other models' answers with it (tests/integration/
+# test_large_model_serving.py, bench/bench_bigmodel.py). A frozen state that is replaced
+# is freed by reference counting; cyclic garbage alive at a freeze is kept, so smaller
+# snapshots, reloaded often, are left to the collector.
+FREEZE_BYTES = 8 * 1024 * 1024
 
 
 class StateLoader:
@@ -168,7 +178,8 @@ class StateLoader:
                 )
 
         try:
-            return load_learner(self._codec, blob, expect, not_older, FRAME_PAUSE_SECONDS)
+            with _collector_held(len(blob)):
+                return load_learner(self._codec, blob, expect, not_older, FRAME_PAUSE_SECONDS)
         except SnapshotError as exc:
             problem = str(exc)
         self._problem = problem
@@ -180,3 +191,18 @@ class StateLoader:
             extra={"fields": {"model": model, "snapshot": where}},
         )
         return None
+
+
+@contextlib.contextmanager
+def _collector_held(size: int) -> Iterator[None]:
+    """Unpickle a snapshot of ``size`` bytes with the collector off and freeze what it made
+    (`FREEZE_BYTES`); a smaller one as is. Loads are serialized by the lookup's reload lock."""
+    if size < FREEZE_BYTES or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

@@ -353,6 +353,17 @@ class ServingSettings(_Section):
         return self
 
 
+class CheckpointSettings(_Section):
+    """The learning thread's time for checkpoints (stream/_budget.py)."""
+
+    # The most of the learning thread's time that checkpoints due by count or by time may
+    # take, over the worker's shards together: a checkpoint that took t seconds defers
+    # the next due one until t / max_share seconds have passed. Revokes and shutdowns
+    # always write at once. 1 turns the bound off: checkpoints keep exactly their spec's
+    # cadence, whatever they cost.
+    max_share: float = Field(0.1, gt=0, le=1)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: LogFormat = "auto"
@@ -377,6 +388,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     events: EventSettings = EventSettings()
     http: HttpSettings = HttpSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
     log: LogSettings = LogSettings()
     serving: ServingSettings = ServingSettings()
     models: list[ModelSpec] = []

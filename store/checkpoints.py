@@ -418,7 +418,9 @@ class RedisCheckpointStore:
             str(version),
             kid,
             str(self._timeline_entries),
-            timeline_entry(shard.topic, shard.partition, next_offset, version, stats, event_ms, since),
+            timeline_entry(
+                shard.topic, shard.partition, next_offset, version, stats, event_ms, since
+            ),
         ]
         acked = None
         with self._answering():

@@ -17,6 +17,7 @@ from livelearn.errors import ServiceUnavailable
 from livelearn.learners import ModelSpec, Sanitizer, SnapshotCodec
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import CheckpointStore, ShardId
+from livelearn.stream._budget import CheckpointBudget
 from livelearn.stream._ledger import KafkaLedger
 from livelearn.stream._shard import Consumer, Partition, Shard, ShardProgress
 from livelearn.stream.decode import EventDecoder
@@ -61,6 +62,10 @@ class WorkerState:
     _dead_letters_pending: bool
     _ledger: KafkaLedger | None
     _versions_seen: dict[ShardId, int]
+    _budget: CheckpointBudget
+    _stretched: bool
+    _stretch_logged: bool
+    _stretch_logged_at: float
 
     def _hold(self, part: Partition, shard: Shard, offset: int) -> None:
         """Stop learning ``shard``; it stays held at ``offset`` (reported by /readyz)."""

@@ -34,19 +34,65 @@ log = logging.getLogger("livelearn.worker")
 # How often the loop checks that Redis answers and still holds each live shard's claim
 # (one MGET): the bound on how long an idle worker takes to see a Redis that restarted.
 _PROBE_S = 5.0
+# The least time between two warnings that checkpoints are deferred: a worker whose
+# checkpoints cost about their share would otherwise warn at each pass of the loop.
+_STRETCH_LOG_S = 60.0
 
 
 class Checkpointing(Reporting):
     """Checkpoints, offset commits, and the shards whose claim was lost."""
 
     def _checkpoint_due(self, now: float) -> None:
+        """Checkpoint the shards due by time, the longest waiting first, as far as the
+        budget of the learning thread's time allows (`_may_checkpoint`)."""
         if self._redis.active:
             return  # retried by `_tend` once Redis answers again
-        written = self._write_checkpoints(
-            "time",
-            lambda s: s.pending > 0 and now - s.last_checkpoint >= s.spec.checkpoint.every_seconds,
+        due = sorted(
+            (
+                (shard.last_checkpoint, i, part, shard)
+                for i, part in enumerate(list(self._partitions.values()))
+                for shard in list(part.shards)
+                if shard.pending > 0
+                and now - shard.last_checkpoint >= shard.spec.checkpoint.every_seconds
+            ),
+            key=lambda due: due[:2],
         )
-        self._commit(written)
+        written: dict[int, Partition] = {}
+        for _, i, part, shard in due:
+            if not self._may_checkpoint():
+                break  # the rest wait, and keep their place: they have waited longest
+            if any(s is shard for s in part.shards) and self._checkpoint(part, shard, "time"):
+                written[i] = part
+        self._commit(written.values())
+
+    def _may_checkpoint(self) -> bool:
+        """True when a checkpoint due by count or by time may run now: checkpoints have not
+        taken more than ``checkpoint.max_share`` of the learning thread (stream/_budget.py).
+        Logs when the cadence starts to stretch (at most once a `_STRETCH_LOG_S`), and
+        when it is back."""
+        budget = self._budget
+        if budget.allows():
+            if self._stretched and budget.deferred_since is None:
+                self._stretched = False
+                if self._stretch_logged:
+                    log.info("checkpoints back at their cadence: they fit checkpoint.max_share")
+            return True
+        if not self._stretched:
+            self._stretched = True
+            now = time.monotonic()
+            self._stretch_logged = now - self._stretch_logged_at >= _STRETCH_LOG_S
+            if self._stretch_logged:
+                self._stretch_logged_at = now
+                log.warning(
+                    "checkpoints deferred: they took more than checkpoint.max_share (%.2f) of "
+                    "the learning thread, so the next waits %.1f s; the cadence stretches "
+                    "past checkpoint.every_seconds and every_events "
+                    "(livelearn_checkpoint_interval_seconds), never skipping or repeating an "
+                    "event",
+                    budget.max_share,
+                    budget.wait(),
+                )
+        return False
 
     def _write_checkpoints(self, trigger: Trigger, due: Callable[[Shard], bool]) -> list[Partition]:
         """Checkpoint every live shard for which ``due`` holds; the partitions written to."""
@@ -110,8 +156,14 @@ class Checkpointing(Reporting):
             if any(s is shard for s in part.shards):
                 self._hold(part, shard, shard.checkpointed_offset)
             return False
+        finally:  # a checkpoint written or not took the learning thread's time
+            elapsed = time.perf_counter() - started
+            self._budget.spend(elapsed)
+            if trigger in ("events", "time"):
+                self._budget.deferred_since = None
         self._store_answered()
-        elapsed = time.perf_counter() - started
+        now = time.monotonic()
+        interval = now - shard.last_checkpoint
         shard.base_blob = blob
         shard.since_base.clear()
         shard.checkpointed_offset = shard.next_offset
@@ -121,8 +173,8 @@ class Checkpointing(Reporting):
         self._versions_seen[shard.id] = version
         part.floors[shard.id.model] = (version, shard.next_offset)
         shard.pending = 0
-        shard.last_checkpoint = time.monotonic()
-        self._report_checkpoint(part, shard, trigger, len(blob), stats, elapsed)
+        shard.last_checkpoint = now
+        self._report_checkpoint(part, shard, trigger, len(blob), stats, elapsed, interval)
         return True
 
     def _save(self, shard: Shard, stats: dict[str, Any], event_ms: int | None) -> tuple[bytes, int]:

@@ -72,7 +72,11 @@ class EventPath(Checkpointing):
                         self._metrics.label_delay.labels(shard.id.model).observe(learned)
                 shard.next_offset = offset + 1
                 shard.pending += 1
-                if shard.pending >= shard.every_events and self._checkpoint(part, shard, "events"):
+                if (
+                    shard.pending >= shard.every_events
+                    and self._may_checkpoint()
+                    and self._checkpoint(part, shard, "events")
+                ):
                     self._commit([part])
             if shards is not part.shards:  # a shard was dropped mid-batch
                 shards = part.shards

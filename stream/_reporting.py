@@ -47,8 +47,10 @@ class Reporting(WorkerState):
         size: int,
         stats: dict[str, Any],
         elapsed: float,
+        interval: float,
     ) -> None:
-        """A checkpoint of ``shard`` was written: its cost, and the gauges it refreshes."""
+        """A checkpoint of ``shard`` was written: its cost, and the gauges it refreshes
+        (``interval``: the wall time since the shard's previous checkpoint)."""
         m = self._metrics
         m.checkpoint_seconds.labels(shard.id.model).observe(elapsed)
         m.checkpoints.labels(shard.id.model, trigger).inc()
@@ -69,6 +71,7 @@ class Reporting(WorkerState):
         labels = (shard.id.model, shard.id.topic, str(shard.id.partition))
         m.checkpoint_size.labels(*labels).set(size)
         m.checkpoint_time.labels(*labels).set(time.time())
+        m.checkpoint_interval.labels(*labels).set(interval)
         holdout = stats.get("holdout", {})
         for window, values in (
             ("cumulative", stats["metrics"]),
@@ -223,7 +226,7 @@ class Reporting(WorkerState):
             m.consumer_lag.remove(*tp)
         for spec in self._specs_by_topic.get(part.tp.topic, []):
             labels = (spec.name, *tp)
-            for gauge in (m.checkpoint_size, m.checkpoint_time):
+            for gauge in (m.checkpoint_size, m.checkpoint_time, m.checkpoint_interval):
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
             with contextlib.suppress(KeyError):

@@ -105,6 +105,14 @@ class WorkerMetrics:
             ["model", "topic", "partition"],
             registry=r,
         )
+        self.checkpoint_interval = Gauge(
+            "livelearn_checkpoint_interval_seconds",
+            "Wall time between a shard's last two checkpoints: its cadence as it is, "
+            "stretched past checkpoint.every_seconds when checkpoints take more than "
+            "checkpoint.max_share of the learning thread.",
+            ["model", "topic", "partition"],
+            registry=r,
+        )
         self.snapshots_refused = Counter(
             "livelearn_snapshots_refused_total",
             "Snapshots refused on restore because their signature did not verify.",

@@ -20,6 +20,7 @@ the assignment between polls, shut down. Its other jobs have modules of their ow
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from livelearn.errors import ServiceUnavailable
 from livelearn.learners import Sanitizer, SnapshotCodec
 from livelearn.settings import Settings
 from livelearn.store.checkpoints import CheckpointStore, ShardId
+from livelearn.stream._budget import CheckpointBudget
 from livelearn.stream._claims import Claims
 from livelearn.stream._events import EventPath
 from livelearn.stream._ledger import KafkaLedger
@@ -140,6 +142,12 @@ class Worker(EventPath, Claims):
         # lets an older checkpoint be restored (README, "Security").
         self._ledger = ledger
         self._versions_seen: dict[ShardId, int] = {}
+        # The learning thread's time for checkpoints due by count or by time, and whether
+        # it defers them now (logged when that starts and ends).
+        self._budget = CheckpointBudget(settings.checkpoint.max_share)
+        self._stretched = False
+        self._stretch_logged = False
+        self._stretch_logged_at = -math.inf
 
     # -- public surface ---------------------------------------------------------------
 

@@ -167,6 +167,42 @@ def test_sigkill_at_several_points_learns_every_event_once(make_topic, deploy, c
     wait_for(lambda: not any(_running(p) for p in fetchers), 10, "the fetch processes to exit")
 
 
+def test_deferred_checkpoints_and_sigkill_learn_every_event_once(make_topic, deploy) -> None:
+    """With ``checkpoint.max_share`` small enough to defer nearly every checkpoint due by
+    count or by time (stream/_budget.py), a worker killed mid-stream twice and restarted
+    still learns every event exactly once: a deferred checkpoint only means more to
+    re-learn from the last one written."""
+    topic = make_topic(partitions=1)
+    dep = deploy(
+        topic,
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+        settings={"checkpoint": {"max_share": 0.002}},
+    )
+    events = phishing_events(n=900)
+    producer = threading.Thread(
+        target=produce, args=(dep.bootstrap, topic, encode(events)), kwargs={"rate": 150}
+    )
+    producer.start()
+    rng = random.Random(11)
+    deferred = 0
+    for kill_after in (200, 550):
+        worker = dep.start_worker()
+        wait_for(lambda w=worker: _owns_a_shard(w), 90, "the worker to own the shard")
+        wait_for(lambda k=kill_after: dep.next_offset() >= k, 120, f"offset {kill_after}")
+        threading.Event().wait(rng.uniform(0.05, 0.25))
+        worker.kill()
+        deferred += "checkpoints deferred" in worker.log()
+    producer.join()
+    worker = dep.start_worker()
+    wait_for(
+        lambda: _owns_a_shard(worker), 90, "the last worker to own the shard", context=worker.tail
+    )
+    wait_for(lambda: dep.next_offset() == 900, 180, "the last worker to reach the end")
+    assert worker.terminate() == 0
+    assert deferred >= 1, "the budget deferred no checkpoint: raise the stream's rate"
+    assert_learned_as_rivers_loop(dep.learner(), events)
+
+
 @pytest.mark.parametrize(
     "clients",
     [("kafka-python", "kafka-python"), ("confluent", "confluent"), ("kafka-python", "confluent")],

@@ -200,7 +200,8 @@ def _late_worker(store: Any) -> tuple[Any, Any, Any]:
     late["checkpoint"] = {"every_events": 97, "every_seconds": 3600}
     inline = {**late, "name": "inline"}
     inline.pop("delayed_labels")
-    settings = Settings(models=[late, inline])
+    # The spec's cadence exactly: the crash points are its checkpoints.
+    settings = Settings(models=[late, inline], checkpoint={"max_share": 1})
     ref: list[Worker] = []
     consumer, dlq = FakeConsumer(ref), FakeDlq()
     worker = Worker(

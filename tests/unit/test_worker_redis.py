@@ -110,6 +110,10 @@ def _settings(every_events: int = 5, **sections: Any) -> Settings:
     }
     models = sections.pop("models", [model])
     outage = {**FAST_RETRIES, **sections.pop("outage", {})}
+    # The spec's cadence exactly, whatever a checkpoint costs on a busy machine: the steps
+    # count on which events each checkpoint holds (tests/unit/test_budget.py covers the
+    # deferral).
+    sections.setdefault("checkpoint", {"max_share": 1})
     return Settings(outage=outage, models=models, **sections)
 
 
