@@ -367,7 +367,8 @@ def plot(samples: Sequence[Sample], path: Path, warm_up: int) -> None:
             limit = reference[0] * (1 + TARGET_GROWTH)
             ax.axhline(limit, ls="--", color="tab:red", lw=1, label="limit of RSS minus models (+10%)")
         ax.axvline(warm_up, color="grey", lw=1, ls=":")
-        ax.set_title(f"{'worker' if process == 'worker' else 'API'}: memory over the soak")
+        shown = "worker" if process == "worker" else "API"
+        ax.set_title(f"{shown}: memory over the soak")
         ax.set_xlabel("events learned (each model)")
         ax.set_ylabel("MB")
         ax.set_ylim(bottom=0)
