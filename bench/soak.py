@@ -365,7 +365,9 @@ def plot(samples: Sequence[Sample], path: Path, warm_up: int) -> None:
         reference = [r for s, r in zip(filled, rest, strict=True) if s.learned >= warm_up]
         if reference:
             limit = reference[0] * (1 + TARGET_GROWTH)
-            ax.axhline(limit, ls="--", color="tab:red", lw=1, label="limit of RSS minus models (+10%)")
+            ax.axhline(
+                limit, ls="--", color="tab:red", lw=1, label="limit of RSS minus models (+10%)"
+            )
         ax.axvline(warm_up, color="grey", lw=1, ls=":")
         shown = "worker" if process == "worker" else "API"
         ax.set_title(f"{shown}: memory over the soak")
