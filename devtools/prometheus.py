@@ -263,10 +263,12 @@ class AlertWatch(_Started):
                 )
                 if alert["state"] == "firing" and record["fired_at"] is None:
                     record["fired_at"] = now
+                record["summary"] = alert.get("annotations", {}).get("summary")
 
     def seen(self) -> list[dict[str, Any]]:
-        """Every alert seen: ``labels``, ``active_at`` (Unix time, Prometheus's) and
-        ``fired_at`` (when first seen firing, by this clock; None if never)."""
+        """Every alert seen: ``labels``, ``active_at`` (Unix time, Prometheus's),
+        ``fired_at`` (when first seen firing, by this clock; None if never) and ``summary``
+        (its newest annotation's)."""
         with self._lock:
             return [dict(record) for record in self._seen.values()]
 

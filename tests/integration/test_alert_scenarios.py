@@ -375,7 +375,7 @@ def test_each_change_fires_its_alert_in_prometheus(run: Run, scenario: Scenario)
                 "scenario": scenario.name,
                 "alert": scenario.alert,
                 "signal": scenario.signal,
-                "feature": alert["labels"].get("feature"),
+                "summary": alert.get("summary"),
                 "events": detected - CHANGE_AT + 1,
                 "seconds": round(seconds, 2),
                 "also_fired": sorted(named - {scenario.signal or scenario.alert}),
