@@ -244,10 +244,12 @@ def test_compose_stack_learns_serves_scales_and_cleans_up(compose_stack: Compose
         context=stack.logs,
     )
 
-    # The Grafana dashboard queries only metric families that the workers declare.
+    # The Grafana dashboard queries only metric families that the workers or the API
+    # declare (the API's: a release's reference, beside the worker's estimate).
     declared = {
         row["metric"] for row in stack.prometheus(
-            "/api/v1/targets/metadata", match_target='{job="livelearn-worker"}'
+            "/api/v1/targets/metadata",
+            match_target='{job=~"livelearn-worker|livelearn-api"}',
         )
     }  # fmt: skip
     assert _dashboard_metrics() <= declared, _dashboard_metrics() - declared

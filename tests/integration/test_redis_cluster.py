@@ -170,7 +170,12 @@ def test_a_checkpoint_no_replica_acknowledges_holds_the_offset_commit(make_topic
     dep = deploy(
         topic,
         checkpoint={"every_events": 100, "every_seconds": 0.5},
-        settings={"redis": {"wait_replicas": 1, "wait_timeout_ms": 50}},
+        # Every checkpoint waits out the timeout: checkpoint.max_share would space them out
+        # (their time is the learning thread's), and this test counts them at each 100 events.
+        settings={
+            "redis": {"wait_replicas": 1, "wait_timeout_ms": 50},
+            "checkpoint": {"max_share": 1},
+        },
     )
     events = phishing_events(n=400)
     produce(dep.bootstrap, topic, encode(events))
