@@ -64,12 +64,29 @@ def sentinel_set(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[by
             "the replica to sync",
         )
         replica.close()
+        # Sentinel learns of replicas from the master's INFO, every 10 s: a master killed
+        # before that has no replica Sentinel knows to promote ("failover-abort-no-good-slave").
+        sentinel = redis.Redis(port=port + 2, decode_responses=True)
+        wait_for(
+            lambda: _quiet(lambda: _known_replicas(sentinel) == 1),
+            30,
+            "Sentinel to know the replica",
+        )
+        sentinel.close()
         yield port, procs
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def _known_replicas(sentinel: redis.Redis) -> int:
+    """Replicas of ``ll`` that Sentinel knows and sees up."""
+    replicas = sentinel.sentinel_slaves("ll")
+    return sum(
+        1 for r in replicas if not {"s_down", "o_down", "disconnected"} & set(r["flags"].split(","))
+    )
 
 
 def _quiet(call) -> bool:
