@@ -102,8 +102,9 @@ class DeadLetterError(LivelearnError):
     """Dead letters the broker did not acknowledge after every retry; nothing was dropped.
 
     ``sources`` are the (topic, partition, offset) of the events whose dead letters were
-    lost, and ``causes`` the last error of each, in the same order. A checkpoint must not
-    pass these offsets: the caller stops the shards of those partitions.
+    not acknowledged, and ``causes`` the last error of each, in the same order. No
+    checkpoint may pass these offsets until a later flush delivers them (the sink keeps
+    them): the worker pauses those partitions meanwhile.
     """
 
     def __init__(self, sources: list[tuple[str, int, int]], causes: list[str]) -> None:
@@ -114,7 +115,8 @@ class DeadLetterError(LivelearnError):
         super().__init__(
             f"{len(sources)} dead letter(s) not delivered after every retry ({lost}); "
             "check that Kafka answers and that the dead-letter topics exist and accept "
-            "records of this size, then restart the worker: it resumes before these offsets"
+            "records of this size; nothing is checkpointed past these offsets until Kafka "
+            "acknowledges them"
         )
         self.sources = sources
         self.causes = causes

@@ -59,7 +59,8 @@ class WorkerState:
     _stop: threading.Event
     _last_loop: float
     _last_poll_ok: float
-    _dead_letters_pending: bool
+    _undelivered: set[TopicPartition]
+    _dead_letters: Outage
     _ledger: KafkaLedger | None
     _versions_seen: dict[ShardId, int]
     _budget: CheckpointBudget
@@ -89,12 +90,14 @@ class WorkerState:
 
     def _sync_pause(self) -> None:
         """Pause exactly the partitions that must not be fetched: those being claimed,
-        those with no live shard, and every one while Redis does not answer. Polling goes
-        on, so the worker keeps its place in the group."""
+        those with no live shard, every one while Redis does not answer, and those whose
+        dead letters wait for the dead-letter topics to answer. Polling goes on, so the
+        worker keeps its place in the group."""
+        waiting = self._undelivered if self._dead_letters.active else set()
         with self._assigning:
             want = set(self._pending)
             for tp, part in self._partitions.items():
-                if not part.shards or self._redis.active:
+                if not part.shards or self._redis.active or tp in waiting:
                     want.add(tp)
             self._paused &= self._pending.keys() | self._partitions.keys()
             pause, resume = want - self._paused, self._paused - want

@@ -115,14 +115,11 @@ class Checkpointing(Reporting):
         """
         if self._redis.active:
             return False
-        if self._dead_letters_pending:
+        if part.tp in self._undelivered:
             # Dead letters must be durable before a checkpoint moves past them.
-            try:
-                self._dlq.flush()
-            except DeadLetterError as exc:
-                self._lost_dead_letters(exc)
-            self._dead_letters_pending = False
-            if not any(s is shard for s in part.shards):  # held: a dead letter of it was lost
+            if not self._dead_letters.active:  # in an outage, `_tend` retries
+                self._deliver_dead_letters()
+            if part.tp in self._undelivered:
                 return False
         started = time.perf_counter()
         stats = shard.learner.stats()  # first: it trims the rolling windows the blob holds
@@ -238,24 +235,30 @@ class Checkpointing(Reporting):
             if shard.pending:
                 self._checkpoint(part, shard, "revoke")
 
-    def _lost_dead_letters(self, exc: DeadLetterError) -> None:
-        """Hold every shard of each partition whose dead letter was lost at its last
-        checkpoint: none may pass the event, and after a restart it is sent again."""
-        for topic, partition, offset in exc.sources:
-            self._metrics.dead_letter_failures.labels(topic).inc()
-            tp = TopicPartition(topic, partition)
-            part = self._partitions.get(tp)
-            if part is None and tp in self._released:  # revoked, its late save not done
-                part = self._released[tp][0]
-            if part is None:
-                continue
-            log.error(
-                "dead letter lost: partition stopped at its last checkpoint: %s",
-                exc,
-                extra={"fields": {"topic": topic, "partition": partition, "offset": offset}},
-            )
-            for shard in list(part.shards):
-                self._hold(part, shard, shard.checkpointed_offset)
+    def _deliver_dead_letters(self) -> None:
+        """Make the dead letters sent so far durable (`DeadLetterSink.flush`).
+
+        When some are not acknowledged after the sink's retries, the dead-letter topics are
+        in an outage (`Outage`): the partitions of those letters are paused and not
+        checkpointed past them, the sink keeps them, and `_tend` flushes again on the
+        outage's backoff until they are delivered, or past ``outage.timeout_s`` the worker
+        exits (69) to resume from its checkpoints, sending them again.
+        """
+        try:
+            self._dlq.flush()
+        except DeadLetterError as exc:
+            for topic, _, _ in exc.sources:
+                self._metrics.dead_letter_failures.labels(topic).inc()
+            self._undelivered = {TopicPartition(t, p) for t, p, _ in exc.sources}
+            began = not self._dead_letters.active
+            self._dead_letters.failed(exc)
+            if began:
+                self._sync_pause()
+            return
+        self._undelivered.clear()
+        if self._dead_letters.active:
+            self._dead_letters.succeeded()
+            self._sync_pause()
 
     def _commit(self, parts: Iterable[Partition], wait: bool = False) -> None:
         """Commit Kafka offsets (for lag monitoring; the checkpoints are the truth).

@@ -149,7 +149,7 @@ class EventPath(Checkpointing):
         """Send ``rec`` to the dead-letter topic; ``model`` is the model that refused it
         (None: no model could read it), part of the dedup key."""
         dead_letter_record(self._dlq, rec, exc, model)
-        self._dead_letters_pending = True
+        self._undelivered.add(part.tp)
         self._metrics.dead_letters.labels(rec.topic, exc.reason).inc()
 
 

@@ -18,7 +18,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from livelearn.errors import ConfigError, ServiceUnavailable
+from livelearn.errors import ConfigError, DeadLetterError, ServiceUnavailable
 from livelearn.settings import Settings, TopicSettings, server_list
 from livelearn.store.connection import Client, checkpoint_store, redis_client
 from livelearn.stream._confluent import ConfluentConsumer, librdkafka_config
@@ -156,7 +156,12 @@ class WorkerProcess:
             if self.router is not None and forwarding is not None:
                 self.router.stop()
                 forwarding.join(timeout=_ROUTER_STOP_S)
-            self.dlq.close()
+            try:
+                self.dlq.close()
+            except DeadLetterError as exc:
+                # No checkpoint passed them: they are sent again when their events are
+                # read again, after the restart.
+                log.error("dead letters not acknowledged at shutdown: %s", exc)
             if self.http is not None:
                 self.http.stop()
             self.redis.close()

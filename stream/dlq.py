@@ -90,9 +90,9 @@ class DeadLetterSink(Protocol):
         ------
         DeadLetterError
             Some dead letters were not acknowledged after every retry; its ``sources`` are
-            their (topic, partition, offset), which no checkpoint may pass: the caller stops
-            those shards. flush raises DeadLetterError; nothing was lost silently. The
-            dead letters it names are no longer queued, the others were delivered.
+            their (topic, partition, offset), which no checkpoint may pass until a later
+            flush delivers them. The dead letters it names stay queued, and the next flush
+            sends them again; the others were delivered.
 
         """
         ...
@@ -226,6 +226,7 @@ class _Letter:
     key: bytes | None
     headers: list[tuple[str, bytes]]
     source: tuple[str, int, int]
+    dedup: str
     future: _Future | None = None
     cause: str | None = None
 
@@ -341,7 +342,9 @@ class KafkaDeadLetterSink:
         self._max_request_size = max_request_size
         self._retry = retry if retry is not None else RetryPolicy()
         self._timeout_s = timeout_s
-        self._pending: list[_Letter] = []
+        # By dedup key: a source offset dead-lettered again while its letter waits (a
+        # transaction's records read again) is sent once.
+        self._pending: dict[str, _Letter] = {}
         # Set when the producer cannot be built or a send raised: later sends wait for
         # flush's retries instead of blocking the worker loop for timeout_s each.
         self._failing: str | None = None
@@ -359,6 +362,7 @@ class KafkaDeadLetterSink:
     ) -> None:
         """Queue one dead letter; ``source`` is (topic, partition, offset)."""
         src_topic, partition, offset = source
+        dedup = dedup_key(source, reason, model)
         # backslashreplace: a detail quoting undecodable input must not fail the send.
         headers: list[tuple[str, bytes]] = [
             ("livelearn.reason", reason.encode()),
@@ -366,13 +370,13 @@ class KafkaDeadLetterSink:
             ("livelearn.source.topic", src_topic.encode()),
             ("livelearn.source.partition", str(partition).encode()),
             ("livelearn.source.offset", str(offset).encode()),
-            ("livelearn.dedup_key", dedup_key(source, reason, model).encode()),
+            ("livelearn.dedup_key", dedup.encode()),
         ]
         # A null value is sent empty: Kafka refuses a record with neither key nor value.
-        letter = _Letter(dlq_topic(topic, self._suffix), value or b"", key, headers, source)
+        letter = _Letter(dlq_topic(topic, self._suffix), value or b"", key, headers, source, dedup)
         while letter.size() > self._max_request_size and (letter.value or letter.key):
             letter.cut()
-        self._pending.append(letter)
+        self._pending[dedup] = letter
         self._submit(letter)
 
     def flush(self) -> None:
@@ -382,11 +386,15 @@ class KafkaDeadLetterSink:
         ------
         DeadLetterError
             Naming the source of each dead letter not acknowledged after every retry.
+            Those stay queued: the next flush sends them again.
 
         """
         if not self._pending:
             return
-        failed = self._confirm(self._pending)
+        for letter in self._pending.values():
+            if letter.future is None and letter.cause is not None:  # failed at a last flush
+                self._submit(letter)
+        failed = self._confirm(list(self._pending.values()))
         attempt = 1
         while failed and attempt < self._retry.attempts:
             wait = self._retry.backoff(attempt)
@@ -402,7 +410,7 @@ class KafkaDeadLetterSink:
             for letter in failed:
                 self._submit(letter)
             failed = self._confirm(failed)
-        self._pending = []
+        self._pending = {letter.dedup: letter for letter in failed}
         self._failing = None
         if failed:
             raise DeadLetterError(
@@ -436,11 +444,22 @@ class KafkaDeadLetterSink:
                 self._failing = letter.cause
 
     def _confirm(self, letters: list[_Letter]) -> list[_Letter]:
-        """Wait for the producer, then the letters whose send did not succeed."""
+        """Wait up to ``timeout_s`` in all for the letters' acknowledgements; the letters
+        whose send did not succeed.
+
+        kafka-python acknowledges each letter from its own thread, and its ``flush`` waits
+        up to the timeout for each batch in turn, so the letters are waited for first,
+        against one deadline. librdkafka reports only from ``flush``, which is bounded as
+        a whole. On a timeout, the letters still in flight fail below and are sent again.
+        """
+        deadline = time.monotonic() + self._timeout_s
         if self._producer is not None and any(letter.future is not None for letter in letters):
-            # On a timeout, the letters still in flight fail below and are sent again.
+            for letter in letters:
+                if letter.future is not None and not letter.future.is_done:
+                    with contextlib.suppress(KafkaError):
+                        letter.future.get(timeout=max(deadline - time.monotonic(), 0.0))
             with contextlib.suppress(KafkaError):
-                self._producer.flush(timeout=self._timeout_s)
+                self._producer.flush(timeout=max(deadline - time.monotonic(), 0.0))
         failed = []
         for letter in letters:
             future, letter.future = letter.future, None

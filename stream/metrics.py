@@ -136,8 +136,8 @@ class WorkerMetrics:
         )
         self.dead_letter_failures = Counter(
             "livelearn_dead_letter_failures_total",
-            "Dead letters not delivered after every retry, by source topic; the shard of "
-            "each one's partition was stopped so that no checkpoint passes it.",
+            "Dead letters not acknowledged after every retry of a flush, by source topic; "
+            "each one's partition is paused, not checkpointed past it, until it is.",
             ["topic"],
             registry=r,
         )

@@ -136,7 +136,15 @@ class Worker(EventPath, Claims):
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
         self._last_poll_ok = 0.0
-        self._dead_letters_pending = False
+        # The partitions with a dead letter not known to be durable: none is checkpointed
+        # past it. While the dead-letter topics do not acknowledge, they are paused and
+        # the flush is retried on the outage's backoff.
+        self._undelivered: set[TopicPartition] = set()
+        self._dead_letters = Outage(
+            "Kafka (for dead letters)",
+            settings.outage,
+            metrics.dependency_up.labels("dead_letters"),
+        )
         # Kafka's signed record of each shard's last checkpoint (None: no such check, as in
         # a replay), and the highest version this process has seen of each shard: neither
         # lets an older checkpoint be restored (README, "Security").
@@ -384,13 +392,18 @@ class Worker(EventPath, Claims):
     def _tend(self, now: float) -> None:
         """The worker's Redis side, between two polls: check Redis (every `_PROBE_S`, or
         at each retry during an outage), save revoked shards, claim assigned partitions
-        and fenced shards.
+        and fenced shards; and send again the dead letters not yet acknowledged.
 
         Raises
         ------
         ServiceUnavailable
-            When Redis has not answered for longer than ``outage.timeout_s``.
+            When Redis, or the dead-letter topics, have not answered for longer than
+            ``outage.timeout_s``.
         """
+        if self._dead_letters.active:
+            if self._dead_letters.due(now):
+                self._deliver_dead_letters()
+            self._dead_letters.check()
         if self._redis.active:
             if not self._redis.due(now) or not self._probe():
                 self._redis.check()
@@ -407,6 +420,8 @@ class Worker(EventPath, Claims):
 
     def _shutdown(self) -> None:
         try:
+            if self._dead_letters.active:  # a last try, so that the checkpoints may pass them
+                self._deliver_dead_letters()
             if self._redis.active:  # a last try before giving up the unsaved state
                 self._redis.retry_now()
                 self._probe()

@@ -1,6 +1,7 @@
 """Dead letters on the real Kafka: a record too large for the dead-letter topic arrives cut,
 with headers that find the original; an unreachable broker fails flush loudly, in bounded
-time, naming the sources."""
+time, naming the sources; a dead-letter topic that refuses writes pauses the worker's
+partition, with nothing checkpointed past the event, until it accepts them."""
 
 from __future__ import annotations
 
@@ -12,11 +13,23 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
+from kafka.admin import NewTopic
 
 from livelearn import DeadLetterError
+from livelearn.settings import TopicSettings
 from livelearn.stream._confluent_clients import confluent_producer
+from livelearn.stream.app import ensure_topics
 from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
-from tests.integration.conftest import free_port, read_all
+from tests.integration.conftest import (
+    each_client,
+    encode,
+    free_port,
+    phishing_events,
+    produce,
+    read_all,
+    wait_for,
+)
+from tests.integration.test_worker import assert_learned_as_rivers_loop
 
 MIB = 1024 * 1024
 
@@ -113,5 +126,56 @@ def test_an_unreachable_broker_fails_flush_naming_the_sources_in_bounded_time(
     assert sent - started < 2 * timeout_s + 1
     bound = retry.attempts * 2 * timeout_s + sum(retry.backoff(n) for n in range(1, 3))
     assert flushed - sent < bound + 2
-    sink.close()  # nothing queued any more: closes without raising
+    with pytest.raises(DeadLetterError):  # still queued: closing tries them once more
+        sink.close()
     gc.collect()
+
+
+BAD = b'{"id": "bad", "features": "not an object"}'
+
+
+@each_client
+def test_a_missing_dead_letter_topic_pauses_the_partition_until_it_is_back(
+    kafka_admin, deploy, unique_name, client
+) -> None:
+    topic = f"{unique_name}-{client}"
+    dlq = f"{topic}.dlq"
+    dep = deploy(
+        topic,
+        settings={
+            "kafka": {"client": client},
+            "dead_letters": {"attempts": 2, "timeout_s": 1, "backoff_s": 0.1},
+            "outage": {"timeout_s": 300, "retry_initial_s": 0.5, "retry_max_s": 2},
+        },
+        checkpoint={"every_events": 37, "every_seconds": 0.3},
+    )
+    events = phishing_events(n=400)
+    values: list[bytes | None] = [
+        BAD if i % 50 == 49 else value for i, value in enumerate(encode(events))
+    ]
+    ensure_topics(dep.bootstrap, {topic: 1}, TopicSettings())
+    produce(dep.bootstrap, topic, values[:10])
+    worker = dep.start_worker()
+    wait_for(lambda: dep.next_offset() == 10, 60, "10 events learned", context=worker.tail)
+    # An operator deletes the dead-letter topic the worker made (the broker creates none
+    # by itself): every dead letter is refused until it is back.
+    kafka_admin.delete_topics([dlq])
+    wait_for(lambda: dlq not in kafka_admin.list_topics(), 30, "the topic gone")
+    produce(dep.bootstrap, topic, values[10:])
+    up = 'livelearn_dependency_up{dependency="dead_letters"}'
+    wait_for(lambda: f"{up} 0.0" in worker.metrics(), 60, "the outage", context=worker.tail)
+    time.sleep(3)  # the retries go on; nothing may pass the first bad event meanwhile
+    assert 10 <= dep.next_offset() <= 49, worker.tail()
+    assert 'livelearn_dead_letter_failures_total{topic="' in worker.metrics()
+
+    kafka_admin.create_topics(
+        [NewTopic(dlq, num_partitions=1, replication_factor=1)], wait_for_metadata=True
+    )
+    wait_for(lambda: dep.next_offset() == 400, 120, "every event learned", context=worker.tail)
+    assert f"{up} 1.0" in worker.metrics()
+    assert worker.terminate() == 0, worker.tail()
+    valid = [e for e, v in zip(events, values, strict=True) if v != BAD]
+    assert_learned_as_rivers_loop(dep.learner(), valid)
+    letters = read_all(dep.bootstrap, dlq, timeout=30)
+    sources = {int(read_headers(r.headers)["source.offset"]) for r in letters}
+    assert sources == {i for i, v in enumerate(values) if v == BAD}

@@ -51,6 +51,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
         kafka.down()
 
 
+@pytest.fixture(autouse=True)
+def every_broker_back(cluster: KafkaCluster) -> Iterator[None]:
+    """Each test starts on the whole cluster, even after one failed with a broker down."""
+    yield
+    down = [node for node in cluster.nodes if node not in cluster.running()]
+    for node in down:
+        cluster.start(node)
+    if down:
+        cluster.wait_in_sync()
+
+
 def _describe(bootstrap: str, topic: str) -> tuple[list[int], dict[str, str]]:
     """Each partition's replica count, and the topic's configs."""
     admin = KafkaAdminClient(bootstrap_servers=server_list(bootstrap))

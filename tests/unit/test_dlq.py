@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -147,7 +148,58 @@ def test_a_dead_letter_failing_every_attempt_raises_naming_its_source(outcome: A
     assert len(caught.value.causes) == 1
     sent = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
     assert sent.count("4") == NO_WAIT.attempts and sent.count("5") == 1
-    sink.flush()  # the lost ones were handed over in the error, not queued for ever
+    # Kept: the next flush sends it again (and not the one delivered).
+    with pytest.raises(DeadLetterError):
+        sink.flush()
+    sent = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    assert sent.count("4") == 2 * NO_WAIT.attempts and sent.count("5") == 1
+
+
+def test_a_dead_letter_kept_after_a_failed_flush_is_delivered_by_a_later_one() -> None:
+    broker_up = False
+
+    def outcome(n: int, record: dict[str, Any]) -> FakeFuture:
+        return FakeFuture(None if broker_up else NotEnoughReplicasError("isr shrank"))
+
+    sink, producers = _sink(outcome)
+    _send(sink, 4)
+    with pytest.raises(DeadLetterError):
+        sink.flush()
+    _send(sink, 4)  # read again (a transaction aborted): queued once, by its dedup key
+    broker_up = True
+    sink.flush()
+    assert producers[0].sent[-1]["headers"] == producers[0].sent[0]["headers"]
+    sink.flush()  # delivered: nothing is queued any more
+    assert len(producers[0].sent) == NO_WAIT.attempts + 2
+
+
+class SlowFuture(FakeFuture):
+    """Never acknowledged: ``get`` waits out its timeout, as kafka-python's does."""
+
+    def __init__(self, waits: list[float]) -> None:
+        super().__init__(None, done=False)
+        self.waits = waits
+
+    def get(self, timeout: float | None = None) -> Any:
+        assert timeout is not None
+        self.waits.append(timeout)
+        time.sleep(timeout)
+        raise KafkaTimeoutError("still in flight")
+
+
+def test_one_attempt_waits_timeout_s_for_all_its_letters_together() -> None:
+    waits: list[float] = []
+    sink, _ = _sink(
+        lambda n, r: SlowFuture(waits), retry=RetryPolicy(attempts=1, backoff_s=0), timeout_s=0.2
+    )
+    for offset in range(4):
+        _send(sink, offset)
+    with pytest.raises(DeadLetterError) as caught:
+        sink.flush()
+    assert len(caught.value.sources) == 4
+    # One deadline for the attempt, not one per letter (or per batch, as kafka-python's
+    # flush waits): the first letter waits it out, the others find it passed.
+    assert len(waits) == 4 and sum(waits) <= 0.21, waits
 
 
 def test_a_producer_that_cannot_be_built_fails_flush_not_send() -> None:

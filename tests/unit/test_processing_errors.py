@@ -33,6 +33,7 @@ def _event(i: int) -> dict[str, Any]:
 def _worker(policy: str, every_events: int) -> tuple[Worker, FakeConsumer, FakeDlq, FakeStore]:
     settings = Settings(
         events={"on_processing_error": policy},
+        checkpoint={"max_share": 1},  # every checkpoint when due, whatever it costs
         models=[
             {
                 "name": "m",
@@ -156,26 +157,64 @@ def test_stop_shard_holds_the_shard_at_the_event_and_keeps_what_it_learned() -> 
 
 
 class _LosingDlq(FakeDlq):
-    """A dead-letter sink whose broker never acknowledges: flush names every source lost."""
+    """A dead-letter sink whose broker acknowledges nothing for its first ``failing``
+    flushes: as the real sink, it keeps the letters it could not deliver."""
+
+    def __init__(self, failing: int) -> None:
+        super().__init__()
+        self.failing = failing
 
     def flush(self) -> None:
         super().flush()
-        lost, self.sent = self.sent, []
-        if lost:
-            sources = [d["source"] for d in lost]
+        if self.sent and self.flushes <= self.failing:
+            sources = [d["source"] for d in self.sent]
             raise DeadLetterError(sources, ["broker unreachable"] * len(sources))
+        self.sent = []
 
 
-def test_a_lost_dead_letter_holds_the_partition_at_its_last_checkpoint() -> None:
+def _dead_letters_up(worker: Worker) -> float:
+    return float(worker._metrics.dependency_up.labels("dead_letters")._value.get())
+
+
+def test_an_unacknowledged_dead_letter_pauses_its_partition_and_nothing_passes_it() -> None:
     events = [_event(i) for i in range(30)]
     values = [orjson.dumps(e) for e in events]
     values[15] = b"{not json"
     worker, consumer, _, store = _worker("dead_letter", 10)
-    worker._dlq = dlq = _LosingDlq()
+    worker._dlq = dlq = _LosingDlq(failing=10**9)
     _run(worker, consumer, values, batch=30)
     # Offsets 0-9 were checkpointed before the bad event; the checkpoint due at 20 needed
-    # the dead letter of offset 15 first, and it was lost: nothing passes offset 10 now.
+    # the dead letter of offset 15 first, and it was not acknowledged: nothing passes
+    # offset 10, not even at shutdown (after a last try); restarted, it is sent again.
     assert [offset for _, offset in store.saves] == [10]
     assert TP in consumer.paused
-    assert dlq.flushes == 1
-    assert worker._metrics.dead_letter_failures.labels("t")._value.get() == 1
+    assert dlq.flushes >= 2 and [d["source"] for d in dlq.sent] == [("t", 0, 15)]
+    assert worker._metrics.dead_letter_failures.labels("t")._value.get() >= 1
+    assert _dead_letters_up(worker) == 0
+
+
+def test_once_the_dead_letter_is_acknowledged_its_partition_resumes_exactly_once() -> None:
+    events = [_event(i) for i in range(60)]
+    values = [orjson.dumps(e) for e in events]
+    values[15] = b"{not json"
+    worker, consumer, _, store = _worker("dead_letter", 10)
+    worker._dlq = dlq = _LosingDlq(failing=1)
+    paused_at_polls: list[bool] = []
+    poll = consumer.poll
+
+    def poll_and_look(timeout_ms: int = 0, max_records: int | None = None) -> Any:
+        paused_at_polls.append(TP in consumer.paused)
+        return poll(timeout_ms, max_records)
+
+    consumer.poll = poll_and_look  # type: ignore[method-assign]
+    _run(worker, consumer, values, batch=30)
+    # The first flush failed: paused at the next poll; the retry delivered it.
+    assert paused_at_polls[1] and TP not in consumer.paused and TP in consumer.resumed
+    assert dlq.flushes >= 2 and dlq.sent == []
+    assert store.saves[0][1] == 10 and store.saves[-1][1] == 60
+    assert all(offset != 20 for _, offset in store.saves[:2])  # none passed it unacknowledged
+    assert _dead_letters_up(worker) == 1
+    _assert_same_as_river(
+        load_learner(SnapshotCodec(KEY), store.rows[SHARD].blob),
+        [e for i, e in enumerate(events) if i != 15],
+    )
