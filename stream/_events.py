@@ -110,7 +110,7 @@ class EventPath(Checkpointing):
             )
             if shard.pending:
                 self._checkpoint(part, shard, "error")  # what it learned before that event
-            if any(s is shard for s in part.shards):  # not held already for a lost dead letter
+            if any(s is shard for s in part.shards):  # not held already (a refused save)
                 self._hold(part, shard, offset)
             return
         self._metrics.processing_errors.labels(model, "dead_lettered").inc()

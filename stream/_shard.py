@@ -74,7 +74,7 @@ class Shard:
     base_blob: bytes = b""
     since_base: list[tuple[int, bytes | None, int, int]] = field(default_factory=list)
     # The next offset of the last checkpoint written (or restored): where the shard is held
-    # when a dead letter past it is lost, so that no checkpoint ever passes that event.
+    # when its learner cannot be rebuilt after an error, or its checkpoint is refused.
     checkpointed_offset: int = -1
     # The event time of the last event the last checkpoint written covers (its timeline
     # entry's), kept for a checkpoint with no event since (on shutdown, say).
