@@ -24,11 +24,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaProducer
-
-from bench.bench_worker import SPECS, _events, services
-from livelearn.settings import TopicSettings, load_settings
-from livelearn.stream.app import build_worker, ensure_topics
+from bench.bench_worker import SPECS, _events, services, topic_with
+from livelearn.settings import load_settings
+from livelearn.stream.app import build_worker
 from livelearn.stream.fetcher import KafkaRecord
 from livelearn.stream.worker import Partition
 
@@ -54,17 +52,6 @@ class Run:
     def checkpoint_share(self) -> float:
         """The share of the run the learning thread spent writing checkpoints."""
         return self.checkpoint_seconds / self.seconds
-
-
-def _topic(bootstrap: str, values: list[bytes], partitions: int) -> str:
-    topic = f"bench-shards-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: partitions}, TopicSettings())
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for i, value in enumerate(values):
-        producer.send(topic, value, partition=i % partitions)
-    producer.flush()
-    producer.close()
-    return topic
 
 
 def run_worker(bootstrap: str, redis_url: str, topic: str, models: int, per_partition: int) -> Run:
@@ -138,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     bootstrap, redis_url = services()
     one_values = _events(args.events)
     many_values = _events(args.events // args.models)
-    one_topic = _topic(bootstrap, one_values, 1)
-    many_topic = _topic(bootstrap, many_values, args.partitions)
+    one_topic = topic_with(bootstrap, one_values)
+    many_topic = topic_with(bootstrap, many_values, args.partitions)
     per_partition = len(many_values) // args.partitions
     if len(many_values) % args.partitions:
         raise SystemExit("--events / --models must be a multiple of --partitions")

@@ -129,13 +129,13 @@ def services() -> tuple[str, str]:
     return bootstrap, redis_url
 
 
-def topic_with(bootstrap: str, values: list[bytes]) -> str:
-    """A new one-partition topic holding ``values``."""
+def topic_with(bootstrap: str, values: list[bytes], partitions: int = 1) -> str:
+    """A new topic of ``partitions`` holding ``values``, value i in partition i % partitions."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 1}, TopicSettings())
+    ensure_topics(bootstrap, {topic: partitions}, TopicSettings())
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for v in values:
-        producer.send(topic, v, partition=0)
+    for i, value in enumerate(values):
+        producer.send(topic, value, partition=i % partitions)
     producer.flush()
     producer.close()
     return topic

@@ -20,10 +20,6 @@ Run ``python -m livelearn.devtools.kafka_cluster up|down|status [STATE_DIR] [--b
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +28,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from livelearn.devtools import stack
+from livelearn.devtools._nodes import LocalNodes
 from livelearn.errors import StackError
 
 __all__ = ["KafkaCluster"]
@@ -40,7 +37,7 @@ DEFAULT_STATE_DIR = Path(".stack") / "kafka-cluster"
 DEFAULT_BROKERS = 3
 
 
-class KafkaCluster:
+class KafkaCluster(LocalNodes):
     """Start, stop, kill and restart the nodes of a local KRaft cluster.
 
     Parameters
@@ -55,6 +52,8 @@ class KafkaCluster:
         The stack's state folder, whose jars the nodes run (fetched there if missing).
     """
 
+    pid_name = "kafka.pid"
+
     def __init__(
         self,
         state_dir: Path = DEFAULT_STATE_DIR,
@@ -64,11 +63,9 @@ class KafkaCluster:
     ) -> None:
         if brokers < 1:
             raise StackError(f"a cluster has at least one broker, not {brokers}")
-        self.state_dir = state_dir.resolve()
+        super().__init__(state_dir, brokers)
         self.port = port
-        self.nodes = tuple(range(1, brokers + 1))
         self._jars_from = jars_from.resolve()
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def bootstrap_servers(self) -> str:
@@ -93,18 +90,6 @@ class KafkaCluster:
                 self.start(node, wait=False)
         self.wait_for(len(self.nodes))
 
-    def down(self) -> list[int]:
-        """Stop every node (SIGTERM, then SIGKILL); the PIDs that were running."""
-        pids = [pid for node in self.nodes if (pid := self.pid(node)) is not None]
-        stack._stop(pids)
-        for child in self._children.values():  # reap the nodes started here
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=5)
-        self._children.clear()
-        for node in self.nodes:
-            self._pid_file(node).unlink(missing_ok=True)
-        return pids
-
     def start(self, node: int, wait: bool = True) -> int:
         """Start node ``node`` (formatting its storage the first time); its PID."""
         node_dir = self._node_dir(node)
@@ -127,48 +112,10 @@ class KafkaCluster:
         if not (node_dir / "data" / "meta.properties").is_file():
             stack._format_storage(java, classpath, properties, node_dir / "data", self._id())
         command = [java, *stack._JVM_OPTIONS, *classpath, "kafka.Kafka", str(properties)]
-        with (node_dir / "stdout.log").open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=node_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[node] = process
-        self._pid_file(node).write_text(f"{process.pid}\n")
+        pid = self._launch(node, command)
         if wait:
             self.wait_for(len(self.running()))
-        return process.pid
-
-    def stop(self, node: int) -> None:
-        """Stop node ``node`` as an operator would: a controlled shutdown."""
-        self._end(node, signal.SIGTERM)
-
-    def kill(self, node: int) -> None:
-        """Kill node ``node`` at once (SIGKILL): a crashed broker."""
-        self._end(node, signal.SIGKILL)
-
-    def pid(self, node: int) -> int | None:
-        """Node ``node``'s PID if it runs and is ours."""
-        try:
-            pid = int(self._pid_file(node).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        child = self._children.get(node)
-        if child is not None and child.pid == pid and child.poll() is not None:
-            return None
-        if not stack._alive(pid):
-            return None
-        with contextlib.suppress(OSError):
-            if str(self._node_dir(node)).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return None  # a reused PID
         return pid
-
-    def running(self) -> list[int]:
-        """The nodes that run."""
-        return [node for node in self.nodes if self.pid(node) is not None]
 
     def leader(self, topic: str, partition: int) -> int:
         """The node that leads ``topic``'s partition now."""
@@ -245,23 +192,6 @@ class KafkaCluster:
             f"{timeout:.0f} s (last: {last!r}); see {self.state_dir}/node-*/server.log"
         )
 
-    def _end(self, node: int, sig: signal.Signals) -> None:
-        pid = self.pid(node)
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        child = self._children.pop(node, None)
-        if child is not None and child.pid == pid:  # ours: wait for it, leaving no zombie
-            try:
-                child.wait(timeout=stack.STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        else:
-            stack._stop([pid])
-        self._pid_file(node).unlink(missing_ok=True)
-
     def _admin(self) -> KafkaAdminClient:
         live = [n for n in self.nodes if stack._answers(self.broker_port(n))]
         servers = [f"{stack.HOST}:{self.broker_port(n)}" for n in live or self.nodes]
@@ -273,11 +203,8 @@ class KafkaCluster:
             path.write_text(stack._cluster_id() + "\n")
         return path.read_text().strip()
 
-    def _node_dir(self, node: int) -> Path:
-        return self.state_dir / f"node-{node}"
-
-    def _pid_file(self, node: int) -> Path:
-        return self._node_dir(node) / "kafka.pid"
+    def _is_ours(self, node: int, pid: int) -> bool:
+        return str(self._node_dir(node)).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def _main(argv: list[str]) -> int:

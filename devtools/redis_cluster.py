@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import redis
 
 from livelearn.devtools import apt, stack
+from livelearn.devtools._nodes import LocalNodes
 from livelearn.errors import StackError
 
 __all__ = ["RedisCluster"]
@@ -45,7 +45,7 @@ NODE_TIMEOUT_MS = 2000
 READY_TIMEOUT_S = 60.0
 
 
-class RedisCluster:
+class RedisCluster(LocalNodes):
     """Start, stop, kill and restart the nodes of a local Redis Cluster.
 
     Parameters
@@ -58,16 +58,16 @@ class RedisCluster:
         How many masters; each gets one replica, so the cluster has twice as many nodes.
     """
 
+    pid_name = "redis.pid"
+
     def __init__(
         self, state_dir: Path = DEFAULT_STATE_DIR, port: int = DEFAULT_PORT, masters: int = MASTERS
     ) -> None:
         if masters < 3:
             raise StackError(f"Redis Cluster needs at least 3 masters, not {masters}")
-        self.state_dir = state_dir.resolve()
+        super().__init__(state_dir, 2 * masters)
         self.port = port
-        self.nodes = tuple(range(1, 2 * masters + 1))
         self._masters = masters
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -98,18 +98,6 @@ class RedisCluster:
             self._create()
         self.wait_ok()
 
-    def down(self) -> list[int]:
-        """Stop every node (SIGTERM, then SIGKILL); the PIDs that were running."""
-        pids = [pid for node in self.nodes if (pid := self.pid(node)) is not None]
-        stack._stop(pids)
-        for child in self._children.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=5)
-        self._children.clear()
-        for node in self.nodes:
-            self._pid_file(node).unlink(missing_ok=True)
-        return pids
-
     def start(self, node: int, wait: bool = True) -> int:
         """Start node ``node``; its PID. With ``wait``, until it answers and the cluster
         says ok."""
@@ -125,50 +113,11 @@ class RedisCluster:
                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                    "--save", "", "--appendonly", "no", "--dir", str(node_dir),
                    "--daemonize", "no"]  # fmt: skip
-        with (node_dir / "stdout.log").open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=node_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[node] = process
-        self._pid_file(node).write_text(f"{process.pid}\n")
+        pid = self._launch(node, command)
         if wait:
             self._wait_answers(node)
             self.wait_ok()
-        return process.pid
-
-    def stop(self, node: int) -> None:
-        """Stop node ``node`` as an operator would (SIGTERM)."""
-        self._end(node, signal.SIGTERM)
-
-    def kill(self, node: int) -> None:
-        """Kill node ``node`` at once (SIGKILL): a crashed server."""
-        self._end(node, signal.SIGKILL)
-
-    def pid(self, node: int) -> int | None:
-        """Node ``node``'s PID if it runs and is ours."""
-        try:
-            pid = int(self._pid_file(node).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        child = self._children.get(node)
-        if child is not None and child.pid == pid and child.poll() is not None:
-            return None
-        if not stack._alive(pid):
-            return None
-        with contextlib.suppress(OSError):
-            # redis-server rewrites its command line (its process title); its folder stays.
-            if os.readlink(f"/proc/{pid}/cwd") != str(self._node_dir(node)):
-                return None  # a reused PID
         return pid
-
-    def running(self) -> list[int]:
-        """The nodes that run."""
-        return [node for node in self.nodes if self.pid(node) is not None]
 
     def master_of(self, key: str) -> int:
         """The node that serves ``key``'s slot now, as a running node sees the cluster."""
@@ -280,34 +229,15 @@ class RedisCluster:
             host=stack.HOST, port=self.node_port(node), socket_connect_timeout=1, socket_timeout=2
         )
 
+    def _is_ours(self, node: int, pid: int) -> bool:
+        # redis-server rewrites its command line (its process title); its folder stays.
+        return os.readlink(f"/proc/{pid}/cwd") == str(self._node_dir(node))
+
     def _any_running(self) -> int:
         for node in self.running():
             if stack._answers(self.node_port(node)):
                 return node
         raise StackError(f"no node of the Redis cluster in {self.state_dir} answers")
-
-    def _end(self, node: int, sig: signal.Signals) -> None:
-        pid = self.pid(node)
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        child = self._children.pop(node, None)
-        if child is not None and child.pid == pid:
-            try:
-                child.wait(timeout=stack.STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        else:
-            stack._stop([pid])
-        self._pid_file(node).unlink(missing_ok=True)
-
-    def _node_dir(self, node: int) -> Path:
-        return self.state_dir / f"node-{node}"
-
-    def _pid_file(self, node: int) -> Path:
-        return self._node_dir(node) / "redis.pid"
 
 
 def _command(client: redis.Redis, *args: str) -> Any:

@@ -467,8 +467,16 @@ def _wait_redis(state: Path, port: int, pid: int) -> None:
 
 
 def _spawn(state: Path, name: Service, command: list[str], log: Path, cwd: Path) -> int:
+    process = _detached(command, log, cwd)
+    _children[process.pid] = process
+    _pid_file(state, name).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def _detached(command: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``command`` run in ``cwd``, its output appended to ``log``."""
     with log.open("ab") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -476,9 +484,6 @@ def _spawn(state: Path, name: Service, command: list[str], log: Path, cwd: Path)
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this interpreter and its terminal's signals
         )
-    _children[process.pid] = process
-    _pid_file(state, name).write_text(f"{process.pid}\n")
-    return process.pid
 
 
 def _stop(pids: list[int]) -> None:

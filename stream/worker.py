@@ -222,8 +222,9 @@ class Worker(EventPath, Claims):
         return age < limit, {"loop_age_s": round(age, 3), "limit_s": limit, **self._kafka.details()}
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready when Kafka polls succeed, Redis answers, partitions are assigned and
-        claimed, every shard's snapshot was accepted and no shard is fenced out."""
+        """Ready when Kafka polls succeed, Redis and the dead-letter topics answer,
+        partitions are assigned and claimed, every shard's snapshot was accepted and no
+        shard is fenced out."""
         # Kafka answers the consumer (heartbeats, metadata, fetches: `KafkaWatch`), and the
         # consumer is not being replaced.
         kafka_ok = self._kafka.up and not self._consumer_lost
@@ -236,11 +237,17 @@ class Worker(EventPath, Claims):
         assigned = sorted([f"{p.tp.topic}/{p.tp.partition}" for p in parts] + claiming)
         # A refused snapshot leaves a partition unlearned until someone acts, a fenced shard
         # until it is re-claimed or revoked, a partition being claimed for a moment: not ready.
-        ok = kafka_ok and redis_ok and bool(assigned) and not (held or fenced or claiming)
+        # Partitions paused until their dead letters are acknowledged.
+        undelivered = sorted(f"{tp.topic}/{tp.partition}" for tp in list(self._undelivered))
+        letters_ok = not self._dead_letters.active
+        ok = kafka_ok and redis_ok and letters_ok and bool(assigned)
+        ok = ok and not (held or fenced or claiming)
         return ok, {
             "kafka": kafka_ok,
             **self._kafka.details(),
             "redis": redis_ok,
+            "dead_letters": letters_ok,
+            "undelivered": undelivered if not letters_ok else [],
             "assigned": assigned,
             "claiming": claiming,
             "refused_shards": held,

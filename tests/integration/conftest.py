@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -127,6 +128,17 @@ class WorkerHandle:
                 return str(resp.read().decode())
         except OSError:
             return ""
+
+    def readyz(self) -> tuple[int | None, dict[str, Any]]:
+        """The worker's /readyz status and body; None while it does not answer."""
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return int(resp.status), json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), json.loads(exc.read())
+        except OSError:
+            return None, {}
 
     def tail(self) -> str:
         return "worker log (tail):\n" + self.log()[-3000:]

@@ -167,6 +167,9 @@ def test_a_missing_dead_letter_topic_pauses_the_partition_until_it_is_back(
     time.sleep(3)  # the retries go on; nothing may pass the first bad event meanwhile
     assert 10 <= dep.next_offset() <= 49, worker.tail()
     assert 'livelearn_dead_letter_failures_total{topic="' in worker.metrics()
+    status, body = worker.readyz()
+    assert status == 503 and body["dead_letters"] is False, body
+    assert body["undelivered"] == [f"{topic}/0"], body
 
     kafka_admin.create_topics(
         [NewTopic(dlq, num_partitions=1, replication_factor=1)], wait_for_metadata=True

@@ -8,13 +8,10 @@ checkpoints stay in the session's Redis.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,6 @@ import pytest
 from livelearn.devtools import stack
 from tests.integration.conftest import (
     Deployment,
-    WorkerHandle,
     each_client,
     encode,
     free_port,
@@ -108,16 +104,6 @@ def on_private_kafka(
     return make
 
 
-def _readyz(worker: WorkerHandle) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.http_port}/readyz", timeout=2) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except OSError:
-        return 0, {}
-
-
 FAST = {  # detect a stall within seconds, and give a restarting broker a minute
     "outage": {"stall_timeout_s": 5, "timeout_s": 60, "retry_max_s": 1},
 }
@@ -156,14 +142,14 @@ def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
     produce(dep.bootstrap, dep.topic, encode(events[:600]))
     worker = dep.start_worker()
     wait_for(lambda: dep.next_offset() == 600, 60, "600 events learned", context=worker.tail)
-    assert _readyz(worker)[0] == 200
+    assert worker.readyz()[0] == 200
 
     def not_ready_while_down() -> None:
         # /readyz and the gauge follow Kafka itself, not the loop's (empty) polls.
         wait_for(
-            lambda: _readyz(worker)[1].get("kafka") is False, 30, "/readyz to say kafka: false"
+            lambda: worker.readyz()[1].get("kafka") is False, 30, "/readyz to say kafka: false"
         )
-        status, body = _readyz(worker)
+        status, body = worker.readyz()
         assert status == 503 and body["kafka"] is False, body
         assert f"{KAFKA_UP} 0.0" in worker.metrics()
 
@@ -174,7 +160,7 @@ def test_broker_restarted_while_learning_pauses_and_resumes_exactly_once(
     produce(dep.bootstrap, dep.topic, encode(events[600:]))
     wait_for(lambda: dep.next_offset() == 1200, 90, "1200 events learned", context=worker.tail)
     print(f"learned the rest {time.monotonic() - back:.1f} s after the broker was back")
-    wait_for(lambda: _readyz(worker)[0] == 200, 30, "/readyz 200 again", context=worker.tail)
+    wait_for(lambda: worker.readyz()[0] == 200, 30, "/readyz 200 again", context=worker.tail)
     assert f"{KAFKA_UP} 1.0" in worker.metrics()
     assert "Kafka answers again after" in worker.log()
     assert worker.terminate() == 0, worker.tail()

@@ -9,20 +9,16 @@ ends with exactly the model of River's own loop over every event. Past the bound
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -137,18 +133,6 @@ def _use(dep: Deployment, server: PrivateRedis) -> Deployment:
     return dep
 
 
-def _readyz(worker: WorkerHandle) -> tuple[int | None, dict[str, Any]]:
-    """The worker's /readyz status and body; None while it does not answer."""
-    url = f"http://127.0.0.1:{worker.http_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
-    except OSError:
-        return None, {}
-
-
 def _gauge(worker: WorkerHandle, sample: str) -> float | None:
     match = re.search(rf"^{re.escape(sample)} (\S+)$", worker.metrics(), re.MULTILINE)
     return float(match.group(1)) if match else None
@@ -199,7 +183,7 @@ def test_a_redis_outage_during_checkpoints_is_ridden_out_with_nothing_lost(
     )
     producer.start()
     worker = dep.start_worker()
-    wait_for(lambda: _readyz(worker)[0] == 200, 60, "the worker to be ready", context=worker.tail)
+    wait_for(lambda: worker.readyz()[0] == 200, 60, "the worker to be ready", context=worker.tail)
     wait_for(lambda: dep.next_offset() >= 200, 60, "200 events learned", context=worker.tail)
 
     began = time.monotonic()
@@ -208,8 +192,8 @@ def test_a_redis_outage_during_checkpoints_is_ridden_out_with_nothing_lost(
     else:
         private_redis.stop(lose_data=fault == "restarted-without-data")
     # The worker notices, says so, and stays up.
-    wait_for(lambda: _readyz(worker)[0] == 503, 30, "/readyz 503", context=worker.tail)
-    status, body = _readyz(worker)
+    wait_for(lambda: worker.readyz()[0] == 503, 30, "/readyz 503", context=worker.tail)
+    status, body = worker.readyz()
     assert status == 503 and body["redis"] is False, body
     wait_for(lambda: _gauge(worker, REDIS_UP) == 0, 30, "dependency_up 0", context=worker.tail)
     # Hold the outage for 2.6 s in all, as the fault run did.
@@ -221,7 +205,7 @@ def test_a_redis_outage_during_checkpoints_is_ridden_out_with_nothing_lost(
         private_redis.start()
 
     wait_for(lambda: _gauge(worker, REDIS_UP) == 1, 30, "dependency_up 1", context=worker.tail)
-    wait_for(lambda: _readyz(worker)[0] == 200, 30, "/readyz 200 again", context=worker.tail)
+    wait_for(lambda: worker.readyz()[0] == 200, 30, "/readyz 200 again", context=worker.tail)
     producer.join()
     _learned_everything(dep, len(events), worker)
     assert worker.terminate() == 0, worker.tail()
@@ -244,13 +228,13 @@ def test_a_worker_started_while_redis_is_down_waits_then_learns(
     worker = dep.start_worker()
     wait_for(lambda: "Redis does not answer" in worker.log(), 60, "the outage to be logged")
     wait_for(lambda: _gauge(worker, REDIS_UP) == 0, 30, "dependency_up 0", context=worker.tail)
-    status, body = _readyz(worker)
+    status, body = worker.readyz()
     assert status == 503 and body["redis"] is False, body
     _alive(worker)  # where it used to exit at once
 
     private_redis.start()
     _learned_everything(dep, len(events), worker)
-    assert _readyz(worker)[0] == 200
+    assert worker.readyz()[0] == 200
     assert worker.terminate() == 0, worker.tail()
     assert_learned_as_rivers_loop(dep.learner(), events)
 
@@ -306,10 +290,10 @@ def test_a_fenced_shard_is_reported_then_claimed_again_and_learns_every_event_on
     wait_for(
         lambda: _gauge(worker, sample) == 1, 30, "the stale epoch counted", context=worker.tail
     )
-    status, body = _readyz(worker)
+    status, body = worker.readyz()
     assert status == 503 and body["fenced_shards"] == [str(dep.shard())], body
     # Still assigned here after the session timeout: claimed again, from its checkpoint.
-    wait_for(lambda: _readyz(worker)[0] == 200, 60, "the shard claimed again", context=worker.tail)
+    wait_for(lambda: worker.readyz()[0] == 200, 60, "the shard claimed again", context=worker.tail)
     assert "claiming fenced shards again" in worker.log()
     producer.join()
     _learned_everything(dep, len(events), worker)

@@ -191,6 +191,8 @@ def test_an_unacknowledged_dead_letter_pauses_its_partition_and_nothing_passes_i
     assert dlq.flushes >= 2 and [d["source"] for d in dlq.sent] == [("t", 0, 15)]
     assert worker._metrics.dead_letter_failures.labels("t")._value.get() >= 1
     assert _dead_letters_up(worker) == 0
+    ready, detail = worker.readiness()
+    assert not ready and detail["dead_letters"] is False and detail["undelivered"] == ["t/0"]
 
 
 def test_once_the_dead_letter_is_acknowledged_its_partition_resumes_exactly_once() -> None:
