@@ -423,7 +423,7 @@ class KafkaDeadLetterSink:
             self.flush()
         finally:
             if self._producer is not None:
-                self._producer.close(timeout=10)
+                close_producer(self._producer, 10)
                 self._producer = None
 
     def _submit(self, letter: _Letter) -> None:
@@ -481,6 +481,26 @@ class KafkaDeadLetterSink:
         letter.cause = _describe(error)
         if isinstance(error, _TOO_LARGE):
             letter.cut()
+
+
+def close_producer(producer: Producer, timeout: float) -> None:
+    """Close ``producer`` within about ``timeout`` seconds, even with records it could not
+    deliver.
+
+    kafka-python's ``close`` flushes first, and when that times out (a broker down) it
+    raises before it stops its I/O thread, which then reconnects for the life of the
+    process (and draws on the global ``random``). Its undelivered records have failed by
+    then (their owner sends them again), so the thread is stopped by force.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError:
+        sender = getattr(producer, "_sender", None)  # kafka-python's I/O thread
+        if sender is None:
+            raise
+        sender.force_close()  # fails what it still holds
+        sender.join(timeout)
+        producer.close(timeout=0)
 
 
 def read_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:

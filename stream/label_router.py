@@ -42,7 +42,13 @@ from livelearn.learners import ModelSpec
 from livelearn.settings import Settings, server_list
 from livelearn.stream._confluent_clients import confluent_label_consumer, confluent_producer
 from livelearn.stream.decode import EventDecoder
-from livelearn.stream.dlq import DeadLetterSink, Producer, as_invalid, dead_letter_record
+from livelearn.stream.dlq import (
+    DeadLetterSink,
+    Producer,
+    as_invalid,
+    close_producer,
+    dead_letter_record,
+)
 from livelearn.stream.fetcher import KafkaRecord, KafkaStatus, LocalConsumer
 from livelearn.stream.metrics import WorkerMetrics
 from livelearn.stream.outage import Backoff
@@ -333,7 +339,7 @@ class LabelRouter:
         if consumer is not None:
             _quietly(consumer.close)
         if producer is not None:
-            _quietly(lambda: producer.close(timeout=_CLOSE_TIMEOUT_S))
+            _quietly(lambda: close_producer(producer, _CLOSE_TIMEOUT_S))
 
 
 def _quietly(close: Callable[[], None]) -> None:

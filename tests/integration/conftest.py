@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from livelearn.learners import Learner, SnapshotCodec
 from livelearn.settings import server_list
 from livelearn.store.checkpoints import RedisCheckpointStore, ShardId
+from livelearn.stream.dlq import close_producer
 
 SNAPSHOT_KEY = "integration-snapshot-key-0123456789"
 API_TOKEN = "t0k3n-integration-0123456789"
@@ -386,7 +387,7 @@ def produce(
                     time.sleep(ahead)
         producer.flush(timeout=60)
     finally:
-        producer.close(timeout=10)
+        close_producer(producer, 10)  # its thread stopped, even with a broker down
 
 
 def encode(events: list[dict[str, Any]]) -> list[bytes]:

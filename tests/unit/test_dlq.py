@@ -17,7 +17,7 @@ from kafka.errors import (
 )
 
 from livelearn import ConfigError, DeadLetterError, LivelearnError
-from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, read_headers
+from livelearn.stream.dlq import KafkaDeadLetterSink, RetryPolicy, close_producer, read_headers
 
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0)
 MIB = 1024 * 1024
@@ -344,3 +344,51 @@ def test_close_flushes_then_closes_the_producer_even_when_delivery_fails() -> No
     with pytest.raises(DeadLetterError):
         sink.close()
     assert producers[0].closed
+
+
+class StuckSender:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def force_close(self) -> None:
+        self.calls.append("force_close")
+
+    def join(self, timeout: float | None = None) -> None:
+        self.calls.append("join")
+
+
+class UnflushableProducer(FakeProducer):
+    """kafka-python's close with a broker down: its flush times out, and close raises
+    before it stops the I/O thread; once that is stopped, nothing is pending."""
+
+    def __init__(self) -> None:
+        super().__init__(_ok)
+        self._sender = StuckSender()
+        self.closes: list[float | None] = []
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closes.append(timeout)
+        if "force_close" not in self._sender.calls:
+            raise KafkaTimeoutError("Timeout waiting for future")
+        super().close(timeout)
+
+
+def test_a_producer_that_cannot_flush_is_closed_with_its_thread_stopped() -> None:
+    producer = UnflushableProducer()
+    close_producer(producer, 10)
+    assert producer._sender.calls == ["force_close", "join"]
+    assert producer.closes == [10, 0] and producer.closed
+
+
+def test_the_sink_closes_its_producer_even_when_the_broker_is_gone() -> None:
+    made: list[UnflushableProducer] = []
+
+    def factory(**config: Any) -> UnflushableProducer:
+        made.append(UnflushableProducer())
+        return made[-1]
+
+    sink = KafkaDeadLetterSink("kafka:9092", ".dlq", "w1", retry=NO_WAIT, producer_factory=factory)
+    _send(sink, 1)
+    sink.flush()
+    sink.close()
+    assert made[0].closed and made[0]._sender.calls == ["force_close", "join"]
