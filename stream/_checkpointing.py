@@ -250,10 +250,8 @@ class Checkpointing(Reporting):
             for topic, _, _ in exc.sources:
                 self._metrics.dead_letter_failures.labels(topic).inc()
             self._undelivered = {TopicPartition(t, p) for t, p, _ in exc.sources}
-            began = not self._dead_letters.active
             self._dead_letters.failed(exc)
-            if began:
-                self._sync_pause()
+            self._sync_pause()  # those partitions, whichever they are now
             return
         self._undelivered.clear()
         if self._dead_letters.active:

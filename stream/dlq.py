@@ -500,7 +500,8 @@ def close_producer(producer: Producer, timeout: float) -> None:
             raise
         sender.force_close()  # fails what it still holds
         sender.join(timeout)
-        producer.close(timeout=0)
+        with contextlib.suppress(KafkaError):  # the thread is told to stop whatever this says
+            producer.close(timeout=0)
 
 
 def read_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
