@@ -407,12 +407,14 @@ class KafkaDeadLetterSink:
             time.sleep(wait)
             attempt += 1
             self._failing = None
+            self._replace_producer()
             for letter in failed:
                 self._submit(letter)
             failed = self._confirm(failed)
         self._pending = {letter.dedup: letter for letter in failed}
         self._failing = None
         if failed:
+            self._replace_producer()
             raise DeadLetterError(
                 [letter.source for letter in failed], [str(letter.cause) for letter in failed]
             )
@@ -425,6 +427,18 @@ class KafkaDeadLetterSink:
             if self._producer is not None:
                 close_producer(self._producer, 10)
                 self._producer = None
+
+    def _replace_producer(self) -> None:
+        """Drop the producer after a failed attempt; the next send builds a new one.
+
+        kafka-python's idempotent producer can stay stuck on a partition's dead leader
+        after a failover, for good: sending again on it is no retry. A letter the old one
+        still delivers arrives twice, with the same dedup key.
+        """
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError):
+                close_producer(self._producer, 0)
+            self._producer = None
 
     def _submit(self, letter: _Letter) -> None:
         """Hand one dead letter to the producer, building it first if need be."""

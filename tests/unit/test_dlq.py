@@ -79,6 +79,11 @@ def _sink(
     return sink, producers
 
 
+def _sent(producers: list[FakeProducer]) -> list[dict[str, Any]]:
+    """Every record sent, in order: each failed attempt leaves its producer for a new one."""
+    return [record for producer in producers for record in producer.sent]
+
+
 def _send(sink: KafkaDeadLetterSink, offset: int, value: bytes = b"{", key: bytes | None = None):
     sink.send("t", value, key, reason="not_json", detail="bad json", source=("t", 0, offset))
 
@@ -120,8 +125,9 @@ def test_a_failed_delivery_is_sent_again_and_then_confirmed() -> None:
     for offset in range(3):
         _send(sink, offset)
     sink.flush()
-    offsets = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    offsets = [read_headers(r["headers"])["source.offset"] for r in _sent(producers)]
     assert offsets == ["0", "1", "2", "1"]
+    assert len(producers) == 2 and producers[0].closed  # the retry went on a new producer
 
 
 @pytest.mark.parametrize(
@@ -146,12 +152,14 @@ def test_a_dead_letter_failing_every_attempt_raises_naming_its_source(outcome: A
     assert caught.value.sources == [("t", 0, 4)]
     assert "t/0@4" in str(caught.value)
     assert len(caught.value.causes) == 1
-    sent = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    sent = [read_headers(r["headers"])["source.offset"] for r in _sent(producers)]
     assert sent.count("4") == NO_WAIT.attempts and sent.count("5") == 1
+    # One producer per attempt: one stuck on a dead leader is not tried again.
+    assert len(producers) == NO_WAIT.attempts and all(p.closed for p in producers)
     # Kept: the next flush sends it again (and not the one delivered).
     with pytest.raises(DeadLetterError):
         sink.flush()
-    sent = [read_headers(r["headers"])["source.offset"] for r in producers[0].sent]
+    sent = [read_headers(r["headers"])["source.offset"] for r in _sent(producers)]
     assert sent.count("4") == 2 * NO_WAIT.attempts and sent.count("5") == 1
 
 
@@ -165,12 +173,13 @@ def test_a_dead_letter_kept_after_a_failed_flush_is_delivered_by_a_later_one() -
     _send(sink, 4)
     with pytest.raises(DeadLetterError):
         sink.flush()
-    _send(sink, 4)  # read again (a transaction aborted): queued once, by its dedup key
     broker_up = True
+    _send(sink, 4)  # read again (a transaction aborted): queued once, by its dedup key
     sink.flush()
-    assert producers[0].sent[-1]["headers"] == producers[0].sent[0]["headers"]
+    sent = _sent(producers)
+    assert sent[-1]["headers"] == sent[0]["headers"]
     sink.flush()  # delivered: nothing is queued any more
-    assert len(producers[0].sent) == NO_WAIT.attempts + 2
+    assert len(_sent(producers)) == NO_WAIT.attempts + 1
 
 
 class SlowFuture(FakeFuture):
@@ -297,7 +306,7 @@ def test_a_dead_letter_the_broker_refuses_as_too_large_is_sent_again_cut() -> No
     sink, producers = _sink(outcome)
     _send(sink, 3, value=b"x" * 5000)
     sink.flush()
-    first, second = producers[0].sent
+    first, second = _sent(producers)
     assert len(first["value"]) == 5000 and second["value"] == b""
     assert read_headers(second["headers"])["value_bytes"] == "5000"
 
